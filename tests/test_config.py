@@ -13,7 +13,8 @@ def test_overrides_are_typed_by_field():
     c = load_config(None, ["--beta", "0.05", "--max_steps", "7", "--use_peft",
                            "--bf16", "false", "--lora_target_modules", "q_proj", "v_proj",
                            "--report_to=tensorboard", "--max_length", "none",
-                           "--loss_kwargs", "{lam: 0.2, s: 4}", "--learning_rate", "1e-5",
+                           "--loss_type", "bso_sba", "--loss_kwargs", "{lam: 0.2, s: 4}",
+                           "--learning_rate", "1e-5",
                            "--rpo_alpha", "0.5"])
     assert c.beta == 0.05 and isinstance(c.beta, float)
     assert c.max_steps == 7 and isinstance(c.max_steps, int)

@@ -135,9 +135,8 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
 
 
 def test_unknown_loss_type(tmp_path):
-    cfg = tiny_config(tmp_path, tiny_model(tmp_path), loss_type="nope")
     with pytest.raises(ConfigError, match="unknown loss_type 'nope'"):
-        train(cfg, make_pairs())
+        train(tiny_config(tmp_path, tiny_model(tmp_path), loss_type="nope"), make_pairs())
 
 
 def test_cli_sft_then_train_from_files(tmp_path, capsys):

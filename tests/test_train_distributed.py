@@ -76,7 +76,7 @@ def test_deepspeed_configs_get_batch_and_clipping_from_the_training_config(name)
     from accelerate.utils import DeepSpeedPlugin
 
     from safedpo.config import TrainConfig
-    from safedpo.train import fill_deepspeed_config
+    from safedpo.runtime import fill_deepspeed_config
 
     shipped = yaml.safe_load((TESTS.parent / "configs" / "accelerate" / name).read_text())
     plugin = DeepSpeedPlugin(**shipped["deepspeed_config"])  # as `accelerate launch` builds it

@@ -7,7 +7,7 @@ import pytest
 import torch
 from engine_fixtures import TEXTS, make_pairs, pair_logps, tiny_config, tiny_model
 
-import safedpo.train as engine
+import safedpo.objectives as engine
 from safedpo.data.types import SafetyPair
 from safedpo.modeling import load_model_and_tokenizer
 from safedpo.tokenization import collate_pairs, tokenize_pairs

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import torch
 
+from safedpo.model_sources import resolve_model_source
+from safedpo.modeling import run_model_dir
+
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -131,13 +134,10 @@ def _file_digest(path: Path) -> str:
 def weights_fingerprint(name_or_path: str, gguf_file: str | None = None) -> str:
     """Identity of a model's weights: its path plus a hash of its weight/config files
     (for a hub id, the files of its cached snapshot)."""
-    from safedpo.model_sources import resolve_model_source
-    from safedpo.modeling import _model_dir
-
     name_or_path, gguf_file = resolve_model_source(str(name_or_path), gguf_file)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        path = _model_dir(path)
+        path = run_model_dir(path)
     if not path.exists():
         try:
             from huggingface_hub import snapshot_download

@@ -1,14 +1,15 @@
 """``safedpo train`` and ``safedpo sft``: a YAML config plus one documented option per
-TrainConfig field. Heavy libraries are imported only in ``run`` (fast ``--help``)."""
+TrainConfig field, resolved by ``safedpo.config.resolve``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import typing
 
-from safedpo.config import _HINTS, FIELDS, _strip_optional, field_help
+from safedpo.config import ConfigError, add_config_options, args_layer, file_layer, resolve
+from safedpo.data.types import DataError
+from safedpo.model_sources import MissingPackageError
 
 _EXAMPLES = {
     "train": "example: safedpo train --config configs/tiny-cpu.yaml "
@@ -16,39 +17,6 @@ _EXAMPLES = {
     "sft": "example: safedpo sft --config configs/tiny-cpu.yaml "
            "--model_name_or_path tiny-model --dataset data/sft.jsonl --output_dir runs/sft",
 }
-
-
-def add_config_options(parser, *, prefix: str = "", skip: tuple[str, ...] = (),
-                       show_defaults: bool = True) -> None:
-    """One documented ``--KEY`` option per TrainConfig field (stored as ``prefix + KEY``, absent
-    from the namespace unless given, so only what the user typed overrides a config file)."""
-    for key, f in FIELDS.items():
-        if key in skip:
-            continue
-        tp, _ = _strip_optional(_HINTS[key])
-        origin = typing.get_origin(tp) or tp
-        default = f.default_factory() if callable(f.default_factory) else f.default
-        text = f"{field_help(key)} (default: {default!r})" if show_defaults else field_help(key)
-        kwargs: dict = {"default": argparse.SUPPRESS, "dest": prefix + key,
-                        "help": text.replace("%", "%%")}
-        if origin is bool:
-            kwargs.update(nargs="?", const="true", metavar="BOOL")
-        elif origin is list:
-            kwargs.update(nargs="+", metavar="ITEM")
-        else:
-            kwargs.update(metavar=getattr(origin, "__name__", "VALUE").upper())
-        parser.add_argument(f"--{key}", **kwargs)
-
-
-def config_overrides(args: argparse.Namespace, prefix: str = "") -> list[str]:
-    """The ``--KEY value ...`` list (for ``load_config``) of the options given."""
-    out: list[str] = []
-    for key in FIELDS:
-        if hasattr(args, prefix + key):
-            value = getattr(args, prefix + key)
-            out.append(f"--{key}")
-            out.extend(value if isinstance(value, list) else [value])
-    return out
 
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
@@ -65,21 +33,17 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """TrainConfig from ``--config`` and every option given on the command line."""
-    from safedpo.config import load_config
-
-    overrides = config_overrides(args)
-    return load_config(args.config, overrides)
+    layers = [file_layer(args.config)] if args.config is not None else []
+    return resolve([*layers, args_layer(args)])
 
 
 def run(name: str, args: argparse.Namespace) -> int:
-    from safedpo.config import ConfigError
-    from safedpo.data.types import DataError
-    from safedpo.model_sources import MissingPackageError
+    # The engine imports torch, transformers and accelerate: only when a run starts, so that
+    # `safedpo train --help` stays fast.
+    from safedpo import train as engine
 
     try:
         config = config_from_args(args)
-        from safedpo import train as engine
-
         summary = (engine.sft if name == "sft" else engine.train)(config)
     except (ConfigError, DataError, OSError, MissingPackageError) as e:
         # OSError: a model or file that cannot be found/loaded (transformers' hub errors too)

@@ -43,7 +43,6 @@ files are looked up from the working directory, then next to the file that names
 from __future__ import annotations
 
 import argparse
-import difflib
 import hashlib
 import json
 import sys
@@ -52,8 +51,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safedpo.cli_train import add_config_options, config_overrides
-from safedpo.config import FIELDS, ConfigError
+from accelerate import PartialState
+
+from safedpo import train as engine
+from safedpo.checkpoint import weights_fingerprint
+from safedpo.config import (FIELDS, ConfigError, Layer, add_config_options, args_layer,
+                            check_keys, parse_overrides, read_yaml, resolve)
+from safedpo.evaluate import runner
+from safedpo.evaluate.report import ReportSection, write_report
 
 # evaluate() keyword arguments a config's `evaluation:` section may set.
 EVAL_KEYS = ("prompts", "scorers", "split", "prompt_column", "max_prompts", "world_seed",
@@ -75,17 +80,6 @@ KEY_FILE = "compare_key.json"  # in every run dir / eval dir this module produce
 
 # --- config resolution ----------------------------------------------------------------------
 
-def _read_yaml(path: Path) -> dict:
-    import yaml
-
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of key: value")
-    return data
-
-
 def _find(path: str, near: Path | None) -> Path:
     """A config file named in another config: from the working directory, else next to it."""
     p = Path(path)
@@ -93,15 +87,6 @@ def _find(path: str, near: Path | None) -> Path:
         return p
     beside = near.parent / p
     return beside if beside.is_file() else p
-
-
-def _check_keys(data: dict, allowed, where: str) -> None:
-    for key in data:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), list(allowed), n=3, cutoff=0.6)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            known = f" (allowed: {', '.join(allowed)})" if len(allowed) < 15 else ""
-            raise ConfigError(f"{where}: unknown key '{key}'{hint}{known}")
 
 
 def _mapping(value, where: str) -> dict:
@@ -112,30 +97,9 @@ def _mapping(value, where: str) -> dict:
     return value
 
 
-@dataclass
-class Layer:
-    """TrainConfig values from one place; ``where`` names it in errors."""
-    where: str
-    values: dict
-
-
 def _file_layer(path: str, near: Path | None) -> Layer:
     p = _find(path, near)
-    return Layer(str(p), _read_yaml(p))
-
-
-def resolve(layers: list[Layer], **forced: Any):
-    """TrainConfig from layers (later wins) and ``forced`` values; every key checked."""
-    from safedpo.config import TrainConfig, coerce, validate
-
-    merged: dict[str, Any] = {}
-    for layer in [*layers, Layer("set by safedpo compare", forced)]:
-        _check_keys(layer.values, FIELDS, layer.where)
-        for key, value in layer.values.items():
-            merged[key] = coerce(key, value, layer.where)
-    config = TrainConfig(**merged)
-    validate(config)
-    return config
+    return Layer(str(p), read_yaml(p))
 
 
 @dataclass
@@ -146,13 +110,14 @@ class Stage:
     layers: list[Layer]
     run_dir: Path
     after: "Stage | None" = None
+    objective: str = "train"  # or "sft" (the demo's reference)
 
     def config(self):
         forced: dict[str, Any] = {"output_dir": str(self.run_dir)}
         if self.after is not None:
             prev = str(self.after.run_dir / "model")
             forced.update(model_name_or_path=prev, ref_model_name_or_path=prev, gguf_file=None)
-        return resolve(self.layers, **forced)
+        return resolve([*self.layers, Layer("set by safedpo compare", forced)])
 
 
 @dataclass
@@ -181,7 +146,7 @@ def _sacpo_stages(spec: dict, where: str, near: Path | None, base: list[Layer], 
                   out: Path, inline: dict | None = None) -> list[Stage]:
     """Stage 1 (helpful) and stage 2 (harmless) of SACPO from a sacpo config mapping.
     ``base``: outer base layers (a compare's), ``inline``: a compare method's per-stage keys."""
-    _check_keys(spec, _TOP["sacpo"], where)
+    check_keys(spec, _TOP["sacpo"], where)
     own_base = Layer(f"{where}: base", _mapping(spec.get("base"), f"{where}: base"))
     inline = inline or {}
     stages: list[Stage] = []
@@ -201,11 +166,11 @@ def _method(name: str, spec, where: str, near: Path | None, base: list[Layer], c
             out: Path) -> Method:
     spec = dict(_mapping(spec, where))
     if "sacpo" in spec:
-        _check_keys(spec, ("sacpo", "helpful", "harmless"), where)
+        check_keys(spec, ("sacpo", "helpful", "harmless"), where)
         src = spec["sacpo"]
         if isinstance(src, str):
             path = _find(src, near)
-            sacpo, sacpo_near, sacpo_where = _read_yaml(path), path, str(path)
+            sacpo, sacpo_near, sacpo_where = read_yaml(path), path, str(path)
         else:
             sacpo, sacpo_near, sacpo_where = _mapping(src, f"{where}.sacpo"), near, f"{where}.sacpo"
         sacpo = {k: v for k, v in sacpo.items() if k != "output_dir"}
@@ -216,18 +181,13 @@ def _method(name: str, spec, where: str, near: Path | None, base: list[Layer], c
         raise ConfigError(f"{where}: a method needs 'config: FILE' (a training config) or "
                           "'sacpo: FILE'")
     layers = [_file_layer(spec.pop("config"), near), *base, Layer(where, spec), cli]
+    check_keys(spec, FIELDS, where)  # at load time, before anything trains
     return Method(name, [Stage(name, layers, out / name)])
-
-
-def _cli_layer(overrides: list[str]) -> Layer:
-    from safedpo.config import parse_overrides
-
-    return Layer("command line", parse_overrides(overrides))
 
 
 def _evaluation(data: dict, where: str, prompts: str | None, max_prompts: int | None):
     ev = dict(_mapping(data.get("evaluation"), f"{where}: evaluation"))
-    _check_keys(ev, EVAL_KEYS, f"{where}: evaluation")
+    check_keys(ev, EVAL_KEYS, f"{where}: evaluation")
     if prompts is not None:
         ev["prompts"] = prompts
     if max_prompts is not None:
@@ -237,18 +197,20 @@ def _evaluation(data: dict, where: str, prompts: str | None, max_prompts: int | 
     return ev or None
 
 
-def load_plan(command: str, config_path: str | Path, *, overrides: list[str] = (),
+def load_plan(command: str, config_path: str | Path, *, cli: Layer | None = None,
+              overrides: list[str] = (),
               output_dir: str | None = None, only: list[str] | None = None,
               deltas: list[float] | None = None, prompts: str | None = None,
               max_prompts: int | None = None) -> Plan:
     """What ``command`` ("compare", "sweep", "sacpo") will train and evaluate; nothing runs.
-    ``overrides``: ``["--key", "value", ...]`` TrainConfig options for every run."""
+    ``cli``: TrainConfig values for every run (the command line), winning over the files;
+    ``overrides``: the same as ``["--key", "value", ...]`` (a script's argv)."""
     path = Path(config_path)
-    data = _read_yaml(path)
+    data = read_yaml(path)
     where = str(path)
-    _check_keys(data, _TOP[command], where)
+    check_keys(data, _TOP[command], where)
     out = Path(output_dir or data.get("output_dir") or f"runs/{command}")
-    cli = _cli_layer(list(overrides))
+    cli = cli or Layer("command line", parse_overrides(list(overrides)))
     if command == "sacpo":
         stages = _sacpo_stages(data, where, path, [], cli, out)
         return Plan(out, [Method("sacpo", stages, kind="sacpo")], evaluation=None,
@@ -310,8 +272,6 @@ def _path_fingerprint(value: str | None) -> str | None:
 
 def train_key(config) -> dict:
     """What the trained model depends on: the resolved config and the input files."""
-    from safedpo.checkpoint import weights_fingerprint
-
     cfg = {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_KEY}
     ref = config.ref_model_name_or_path
     return {"config": cfg,
@@ -374,8 +334,6 @@ def _write_key(directory: Path, key: dict) -> None:
 # --- running --------------------------------------------------------------------------------
 
 def _state():
-    from accelerate import PartialState
-
     return PartialState()
 
 
@@ -386,8 +344,6 @@ def train_stage(stage: Stage, *, force: bool = False, done: dict | None = None
     ``done``: {key digest: run dir} of finished runs (this invocation's and those found on
     disk); a stage with the same key as another method's run (e.g. SACPO's stage 1 and
     DPO-HELPFUL) points at that run instead of training."""
-    from safedpo import train as engine
-
     config = stage.config()
     key = train_key(config)
     digest = _digest(key)
@@ -404,7 +360,7 @@ def train_stage(stage: Stage, *, force: bool = False, done: dict | None = None
             return summary, True
     config.overwrite_output_dir = True  # our own previous run of this stage, now stale
     (stage.run_dir / KEY_FILE).unlink(missing_ok=True)  # a crash must not leave a stale key
-    summary = engine.train(config)
+    summary = (engine.sft if stage.objective == "sft" else engine.train)(config)
     if summary.get("interrupted"):
         raise KeyboardInterrupt(f"training of {stage.run_dir} was interrupted")
     if _state().is_main_process:
@@ -418,8 +374,6 @@ def evaluate_model(label: str, model: str, eval_dir: Path, settings: dict, *,
                    ) -> tuple[dict | None, bool]:
     """Evaluate once (main process only); reused when the model, the settings and the
     local files they name (prompts, scorer models) are unchanged."""
-    from safedpo.evaluate import runner
-
     key = {"model": depends_on, "evaluation": settings, "inputs": eval_inputs(settings),
            "prompt_template": prompt_template}
     state = _state()
@@ -479,8 +433,6 @@ def run_plan(plan: Plan, *, force: bool = False, log=print) -> dict:
 
 
 def _evaluate_all(plan: Plan, results: dict, first: dict, force: bool, log) -> dict:
-    from safedpo.checkpoint import weights_fingerprint
-
     settings = dict(plan.evaluation)
     any_config = next(iter(first.values()))
     eval_dirs, labels = [], []
@@ -506,23 +458,20 @@ def _evaluate_all(plan: Plan, results: dict, first: dict, force: bool, log) -> d
         labels.append(name)
     out: dict[str, Any] = {}
     if _state().is_main_process:
-        from safedpo.evaluate import write_report
-
         paths = write_report(eval_dirs, plan.output_dir, labels=labels,
                              reference="reference" if plan.reference else None,
                              helpful=plan.helpful if plan.reference else None,
-                             title=plan.title, n_boot=settings.get("n_boot", 1000))
-        add_training_section(paths, results)
+                             title=plan.title, n_boot=settings.get("n_boot", 1000),
+                             sections=[training_section(results)])
         out["report"] = {k: str(v) for k, v in paths.items()}
         log(f"report: {paths['markdown']}")
     _state().wait_for_everyone()
     return out
 
 
-def add_training_section(paths: dict, results: dict) -> None:
-    """Training time per method, appended to report.md and added to report.json."""
-    lines = ["", "## Training time", "",
-             "Wall-clock seconds of the optimisation loop (model loading, tokenization and "
+def training_section(results: dict) -> ReportSection:
+    """Training time per method, for the report."""
+    lines = ["Wall-clock seconds of the optimisation loop (model loading, tokenization and "
              "reference log-probs excluded), from each run's train_summary.json; SACPO adds "
              "its two stages (its stage 1 is the DPO-HELPFUL run itself when their configs "
              "match). Reused runs show the time of the run that produced them.", "",
@@ -530,14 +479,9 @@ def add_training_section(paths: dict, results: dict) -> None:
     for name, r in results.items():
         lines.append(f"| {name} | {r['train_seconds']:.2f} | {r['global_step']} | "
                      f"`{r['run_dir']}` |")
-    md = Path(paths["markdown"])
-    md.write_text(md.read_text() + "\n".join(lines) + "\n")
-    js = Path(paths["json"])
-    report = json.loads(js.read_text())
-    report["training"] = {n: {k: r[k] for k in ("train_seconds", "global_step", "run_dir",
-                                                  "kind", "stages")}
-                          for n, r in results.items()}
-    js.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    data = {n: {k: r[k] for k in ("train_seconds", "global_step", "run_dir", "kind", "stages")}
+            for n, r in results.items()}
+    return ReportSection("Training time", lines, "training", data)
 
 
 # --- CLI ------------------------------------------------------------------------------------
@@ -574,12 +518,9 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training options for every run")
     add_config_options(group, prefix="train_", skip=_SKIP, show_defaults=False)
 
-def _overrides(args: argparse.Namespace) -> list[str]:
-    return config_overrides(args, prefix="train_")
-
 def run(name: str, args: argparse.Namespace) -> int:
     try:
-        plan = load_plan(name, args.config, overrides=_overrides(args),
+        plan = load_plan(name, args.config, cli=args_layer(args, prefix="train_"),
                          output_dir=args.output_dir, only=getattr(args, "methods", None),
                          deltas=getattr(args, "deltas", None),
                          prompts=getattr(args, "prompts", None),

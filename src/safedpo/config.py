@@ -1,12 +1,19 @@
-"""One typed training config (TRL field names), loaded from YAML plus ``--key value`` overrides.
+"""One typed training config (TRL field names) and its one resolver.
+
+A config is resolved from an ordered list of ``Layer``s, later ones winning: the defaults
+(the dataclass), a YAML file, a method's own keys (compare/sweep/SACPO/demo), the command
+line. ``resolve`` checks every key and value once, before any model loads (``validate``:
+ranges, ``loss_type`` against ``LOSSES``, ``view`` against the data views, ``loss_kwargs``
+against the loss function's signature, ``column_map`` against the PKU-SafeRLHF names).
 
 The resolved config is written to every run dir as ``config.yaml``, so a run can be repeated
 with ``safedpo train --config RUN_DIR/config.yaml``. Every field's help text is its metadata;
-the CLI turns each field into a documented option.
+``add_config_options`` turns each field into a documented command-line option.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import types
@@ -14,6 +21,12 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
+
+from safedpo.data.sources import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
+from safedpo.data.transform import check_view
+from safedpo.losses import LOSSES, check_loss_kwargs
 
 
 def _f(default: Any, help: str) -> Any:
@@ -116,7 +129,7 @@ class ConfigError(ValueError):
     """A bad config key or value; the message names the key and where it came from."""
 
 
-_HINTS = typing.get_type_hints(TrainConfig)
+HINTS = typing.get_type_hints(TrainConfig)
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
@@ -124,13 +137,7 @@ def field_help(name: str) -> str:
     return FIELDS[name].metadata.get("help", "")
 
 
-def _unknown(key: str, where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, FIELDS, n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return ConfigError(f"{where}: unknown config key '{key}'{hint}")
-
-
-def _strip_optional(tp) -> tuple[Any, bool]:
+def strip_optional(tp) -> tuple[Any, bool]:
     """(inner type, allows None) for ``X | None``."""
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -140,9 +147,7 @@ def _strip_optional(tp) -> tuple[Any, bool]:
 
 def coerce(name: str, value: Any, where: str = "config") -> Any:
     """``value`` (from YAML or a CLI string) converted to the type of field ``name``."""
-    import yaml
-
-    tp, optional = _strip_optional(_HINTS[name])
+    tp, optional = strip_optional(HINTS[name])
     origin = typing.get_origin(tp) or tp
     if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~")):
         if optional:
@@ -192,7 +197,7 @@ def coerce(name: str, value: Any, where: str = "config") -> Any:
             return dict(parsed)
     except (ValueError, TypeError, yaml.YAMLError) as e:
         raise ConfigError(
-            f"{where}: bad value {value!r} for '{name}' ({_HINTS[name]}): {e}") from None
+            f"{where}: bad value {value!r} for '{name}' ({HINTS[name]}): {e}") from None
     return value
 
 
@@ -205,8 +210,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, str | list[str]]:
         if tok.startswith("--"):
             key, eq, val = tok[2:].partition("=")
             key = key.replace("-", "_")
-            if key not in FIELDS:
-                raise _unknown(key, "command line")
+            check_keys({key: None}, FIELDS, "command line", noun="config key")
             out[key] = [val] if eq else []
         elif key is None:
             raise ConfigError(f"command line: expected --key before {tok!r}")
@@ -215,37 +219,112 @@ def parse_overrides(overrides: list[str]) -> dict[str, str | list[str]]:
     return {k: ("true" if not v else v[0] if len(v) == 1 else v) for k, v in out.items()}
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                **values: Any) -> TrainConfig:
-    """TrainConfig from a YAML file (or defaults), then ``--key value`` overrides, then
-    keyword ``values``. Unknown keys raise ConfigError naming the key and close matches."""
-    import yaml
+@dataclass
+class Layer:
+    """TrainConfig values from one place (a file, a method, the command line); ``where``
+    names it in errors. Values may be strings (the command line) or typed (YAML)."""
+    where: str
+    values: dict
 
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML mapping from a file; a missing file is FileNotFoundError, anything else that
+    is not a mapping of key: value is a ConfigError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ConfigError(f"{path}: not a YAML file{line}: "
+                          f"{getattr(e, 'problem', None) or e}; a config is 'key: value' lines, "
+                          "e.g. configs/tiny-cpu.yaml") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of key: value")
+    return data
+
+
+def file_layer(path: str | Path) -> Layer:
+    return Layer(str(path), read_yaml(path))
+
+
+def check_keys(data: dict, allowed, where: str, noun: str = "key") -> None:
+    """Every key of ``data`` is in ``allowed``; else a ConfigError naming it and close ones."""
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), list(allowed), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            known = f" (allowed: {', '.join(allowed)})" if len(allowed) < 15 else ""
+            raise ConfigError(f"{where}: unknown {noun} '{key}'{hint}{known}")
+
+
+def resolve(layers: list[Layer]) -> TrainConfig:
+    """THE resolver: TrainConfig defaults, then each layer in order (later wins); every key
+    and value checked (``validate``)."""
     merged: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of key: value")
-        for key, val in data.items():
-            if key not in FIELDS:
-                raise _unknown(key, str(path))
-            merged[key] = coerce(key, val, str(path))
-    for key, val in parse_overrides(list(overrides or [])).items():
-        merged[key] = coerce(key, val, "command line")
-    for key, val in values.items():
-        if key not in FIELDS:
-            raise _unknown(key, "keyword argument")
-        merged[key] = coerce(key, val, "keyword argument")
+    for layer in layers:
+        check_keys(layer.values, FIELDS, layer.where, noun="config key")
+        for key, value in layer.values.items():
+            merged[key] = coerce(key, value, layer.where)
     config = TrainConfig(**merged)
     validate(config)
     return config
 
 
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                **values: Any) -> TrainConfig:
+    """TrainConfig from a YAML file (or defaults), then ``--key value`` overrides (a script's
+    argv), then keyword ``values``. Unknown keys raise ConfigError naming the key."""
+    layers = [file_layer(path)] if path is not None else []
+    layers += [Layer("command line", parse_overrides(list(overrides or []))),
+               Layer("keyword argument", values)]
+    return resolve(layers)
+
+
+def add_config_options(parser, *, prefix: str = "", skip: tuple[str, ...] = (),
+                       show_defaults: bool = True) -> None:
+    """One documented ``--KEY`` option per TrainConfig field (stored as ``prefix + KEY``, absent
+    from the namespace unless given, so only what the user typed overrides a config file)."""
+    for key, f in FIELDS.items():
+        if key in skip:
+            continue
+        tp, _ = strip_optional(HINTS[key])
+        origin = typing.get_origin(tp) or tp
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        text = f"{field_help(key)} (default: {default!r})" if show_defaults else field_help(key)
+        kwargs: dict = {"default": argparse.SUPPRESS, "dest": prefix + key,
+                        "help": text.replace("%", "%%")}
+        if origin is bool:
+            kwargs.update(nargs="?", const="true", metavar="BOOL")
+        elif origin is list:
+            kwargs.update(nargs="+", metavar="ITEM")
+        else:
+            kwargs.update(metavar=getattr(origin, "__name__", "VALUE").upper())
+        parser.add_argument(f"--{key}", **kwargs)
+
+
+def args_layer(args: argparse.Namespace, prefix: str = "") -> Layer:
+    """The command-line layer: the options of ``add_config_options`` that were given. One
+    value of a list option stays a string, so 'a,b' splits as in a config file."""
+    values = {}
+    for key in FIELDS:
+        if hasattr(args, prefix + key):
+            value = getattr(args, prefix + key)
+            values[key] = value[0] if isinstance(value, list) and len(value) == 1 else value
+    return Layer("command line", values)
+
+
+DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "auto")
+COLUMN_NAMES = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+
+
 def validate(config: TrainConfig) -> None:
-    """Value checks that do not need the model or the data."""
+    """Every value check that needs neither the model nor the data; a ConfigError that
+    names the field and what to use instead."""
     def bad(msg):
         raise ConfigError(msg)
 
@@ -253,6 +332,9 @@ def validate(config: TrainConfig) -> None:
         bad(f"beta must be > 0, got {config.beta}")
     if config.delta < 0:
         bad(f"delta must be >= 0, got {config.delta}")
+    if not config.learning_rate > 0:  # 0 trains a run that changes nothing
+        bad(f"learning_rate must be > 0, got {config.learning_rate} (e.g. 1e-6 for a 7B "
+            "model, 3e-3 for the tiny demo model)")
     if config.per_device_train_batch_size < 1 or config.gradient_accumulation_steps < 1:
         bad("per_device_train_batch_size and gradient_accumulation_steps must be >= 1")
     if config.optim not in ("adamw_torch", "sgd"):
@@ -271,9 +353,22 @@ def validate(config: TrainConfig) -> None:
     unknown = set(config.report_to) - {"tensorboard", "wandb", "all", "none"}
     if unknown:
         bad(f"report_to: unknown tracker(s) {sorted(unknown)}; use tensorboard or wandb")
+    if config.dtype is not None and config.dtype not in DTYPES:
+        bad(f"dtype {config.dtype!r} is not a weight dtype; use one of {', '.join(DTYPES)} "
+            "(or none = float32)")
+    try:
+        check_view(config.view, config.keep_both_unsafe)
+    except ValueError as e:
+        bad(f"view: {e}")
+    if config.column_map:
+        check_keys(config.column_map, COLUMN_NAMES, "column_map", noun="PKU-SafeRLHF column")
+    if config.loss_type not in LOSSES:
+        bad(f"unknown loss_type '{config.loss_type}'; choose one of {', '.join(LOSSES)}")
+    try:
+        check_loss_kwargs(config.loss_type, config.loss_kwargs)
+    except ValueError as e:
+        bad(f"loss_kwargs: {e}")
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
-    import yaml
-
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -14,8 +14,10 @@ minute, through the same code paths as a real run.
    generation per prompt, scored by the oracle) is added under sampled/ as a cross-check.
 6. report.md (table, plot, a paragraph of reading), frontier.png and report.json.
 
-The recipe (``RECIPE``) was chosen on this world over seeds 0, 1, 2 with the real engine
-(scripts/check_demo_seeds.py re-checks it). What was learned:
+Steps 3-4 are a compare plan (``safedpo.compare``: stages resolved by ``safedpo.config``,
+trained from one reference); the exact evaluation and its report are the demo's own.
+The recipe (configs/demo.yaml, ``--recipe``) was chosen on this world over seeds 0, 1, 2 with
+the real engine (scripts/check_demo_seeds.py re-checks it). What was learned:
 
 - AdamW makes every DPO-family run collapse into garbled text (likelihood displacement);
   SGD with momentum, one pass, linear decay to zero and clipping does not.
@@ -38,45 +40,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
+import torch
+from safetensors import safe_open
+from transformers.utils import logging as hf_logging
+
+from safedpo.compare import Method, Plan, Stage, run_plan, train_stage
+from safedpo.config import Layer, read_yaml
+from safedpo.evaluate import evaluate
+from safedpo.evaluate.metrics import normalize_reward
+from safedpo.evaluate.report import plot_frontier as plot_points
+from safedpo.evaluate.report import write_report as write_eval_report
+from safedpo.modeling import load_trained
+from safedpo.tiny import save_tiny_model
+from safedpo.world import World, exact
+
 METHODS = ("dpo_helpful", "dpo_harmless", "safedpo")
 POLICIES = ("reference",) + METHODS
-
-# The demo recipe, in one place. Plain values; every engine run also writes its resolved
-# config.yaml next to its model.
-RECIPE = {
-    "world": {"n_sft": 3000, "n_pairs": 2000, "n_test_pairs": 400},
-    # 2 layers, d = 128: about 0.35M parameters on a ~130-word vocabulary.
-    "model": {"hidden_size": 128, "num_layers": 2, "num_heads": 4},
-    # SFT: AdamW is fine for plain likelihood.
-    "sft": {"optim": "adamw_torch", "learning_rate": 1e-2, "per_device_train_batch_size": 64,
-            "num_train_epochs": 4, "lr_scheduler_type": "linear", "warmup_ratio": 0.1,
-            "weight_decay": 0.0, "max_grad_norm": 1.0},
-    # Preference runs: SGD with momentum, one pass, linear decay to zero, clipping. AdamW
-    # (per-parameter normalized steps) drives every DPO-family loss into likelihood
-    # displacement here: the policy pushes both answers down and generates garbled text.
-    "preference": {"optim": "sgd", "momentum": 0.9, "learning_rate": 3e-3,
-                   "per_device_train_batch_size": 16, "num_train_epochs": 1,
-                   "lr_scheduler_type": "linear", "warmup_ratio": 0.0, "weight_decay": 0.0,
-                   "max_grad_norm": 1.0, "beta": 0.1, "precompute_ref_log_probs": True},
-    "methods": {
-        "dpo_helpful": {"loss_type": "dpo", "view": "helpful"},
-        "dpo_harmless": {"loss_type": "dpo", "view": "harmless"},
-        "safedpo": {"loss_type": "safedpo", "view": "safedpo", "delta": 0.5},
-    },
-    # Sampled cross-check: one generation per held-out prompt.
-    "sampled": {"max_new_tokens": 48, "do_sample": True, "batch_size": 64},
-}
-
-# --fast: a smoke run of the same pipeline (seconds, numbers meaningless).
-FAST = {"world": {"n_sft": 64, "n_pairs": 48, "n_test_pairs": 16},
-        "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2},
-        "sft": {"max_steps": 3}, "preference": {"max_steps": 2},
-        "sampled": {"max_new_tokens": 8}}
+# The recipe: configs/demo.yaml of this repository.
+RECIPE_FILE = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 LABELS = {"reference": "reference (SFT)", "dpo_helpful": "DPO-HELPFUL",
           "dpo_harmless": "DPO-HARMLESS", "safedpo": "SafeDPO", "optimum": "pi* (closed form)"}
@@ -89,8 +77,8 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fast", action="store_true",
                         help="smoke mode: a very small model and a few steps (numbers are "
                              "meaningless; checks that the pipeline runs)")
-    parser.add_argument("--delta", type=float, default=RECIPE["methods"]["safedpo"]["delta"],
-                        help="SafeDPO's Delta (the paper uses 10)")
+    parser.add_argument("--delta", type=float, default=None,
+                        help="SafeDPO's Delta (the paper uses 10); default: the recipe's (0.5)")
     parser.add_argument("--rpo-alpha", type=float, default=None,
                         help="weight of an NLL term on the chosen answer (RPO) in every "
                              "preference run; None = off")
@@ -98,12 +86,20 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
                         help="skip the sampled cross-check (exact metrics only)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads; None = torch's choice")
+    parser.add_argument("--recipe", default=str(RECIPE_FILE), metavar="YAML",
+                        help="the demo's recipe: world size, model, training settings")
 
 
 def run(name: str, args: argparse.Namespace) -> int:
-    report = run_demo(seed=args.seed, output_dir=args.output_dir, fast=args.fast,
-                      delta=args.delta, rpo_alpha=args.rpo_alpha,
-                      sampling=not args.no_sampling, threads=args.threads)
+    try:
+        report = run_demo(seed=args.seed, output_dir=args.output_dir, fast=args.fast,
+                          delta=args.delta, rpo_alpha=args.rpo_alpha,
+                          sampling=not args.no_sampling, threads=args.threads,
+                          recipe=args.recipe)
+    except KeyboardInterrupt as e:  # a training stage stopped on SIGINT/SIGTERM
+        print(f"safedpo demo: {e or 'interrupted'}; the demo stopped there. Run the same "
+              "command again to redo it", file=sys.stderr)
+        return 130
     out = Path(args.output_dir)
     print()
     print(render_table(report))
@@ -113,10 +109,13 @@ def run(name: str, args: argparse.Namespace) -> int:
     return 0
 
 
-def _recipe(fast: bool, delta: float | None, rpo_alpha: float | None) -> dict:
-    recipe = json.loads(json.dumps(RECIPE))  # a deep copy
+def load_recipe(path: str | Path = RECIPE_FILE, *, fast: bool = False,
+                delta: float | None = None, rpo_alpha: float | None = None) -> dict:
+    """The recipe file, with --fast's sections merged in and --delta / --rpo-alpha applied."""
+    recipe = read_yaml(path)
+    fast_values = recipe.pop("fast", {})
     if fast:
-        for section, values in FAST.items():
+        for section, values in fast_values.items():
             recipe[section].update(values)
     if delta is not None:
         recipe["methods"]["safedpo"]["delta"] = delta
@@ -131,22 +130,17 @@ def _say(step: str, text: str) -> None:
 
 def run_demo(*, seed: int = 0, output_dir: str | Path = "runs/demo", fast: bool = False,
              delta: float | None = None, rpo_alpha: float | None = None,
-             sampling: bool = True, threads: int | None = None) -> dict:
-    """Run the whole demo; returns the report dict (also written to report.json)."""
+             sampling: bool = True, threads: int | None = None,
+             recipe: str | Path = RECIPE_FILE) -> dict:
+    """Run the whole demo; returns the report dict (also written to report.json). A training
+    stage stopped by SIGINT/SIGTERM raises KeyboardInterrupt (nothing after it runs)."""
     t_start = time.time()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
-    from transformers.utils import logging as hf_logging
-
-    from safedpo.config import load_config
-    from safedpo.tiny import save_tiny_model
-    from safedpo.train import sft, train
-    from safedpo.world import World
-
     hf_logging.disable_progress_bar()  # weight loading/saving bars would drown the demo's own
     if threads:
         torch.set_num_threads(threads)
-    recipe = _recipe(fast, delta, rpo_alpha)
+    where = str(recipe)
+    recipe = load_recipe(recipe, fast=fast, delta=delta, rpo_alpha=rpo_alpha)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
@@ -168,32 +162,37 @@ def run_demo(*, seed: int = 0, output_dir: str | Path = "runs/demo", fast: bool 
     _say("2/6", f"word-level tokenizer and a tiny Llama ({_count_params(init)} parameters) "
                 f"saved to {init}")
 
-    common = {"seed": seed, "max_length": 128, "logging_steps": 10, "save_steps": 0,
-              "overwrite_output_dir": True}
+    def layers(section: str, values: dict, model: Path, dataset: Path) -> list[Layer]:
+        return [Layer(f"{where}: train", recipe["train"]), Layer(f"{where}: {section}", values),
+                Layer("set by safedpo demo", {"seed": seed, "model_name_or_path": str(model),
+                                              "dataset": str(dataset)})]
+
     # 3. SFT -> reference
     _say("3/6", "SFT: the reference model")
-    cfg = load_config(None, model_name_or_path=str(init), dataset=str(paths["sft"]),
-                      output_dir=str(out / "sft"), **common, **recipe["sft"])
-    summaries = {"reference": sft(cfg)}
+    stage = Stage("sft", layers("sft", recipe["sft"], init, paths["sft"]), out / "sft",
+                  objective="sft")
+    summaries = {"reference": train_stage(stage, force=True)[0]}
     reference = out / "sft" / "model"
 
-    # 4. preference runs from the reference
+    # 4. preference runs from the reference: a compare plan without its evaluation
+    methods = []
     for i, method in enumerate(METHODS, 1):
-        values = {**common, **recipe["preference"], **recipe["methods"][method]}
+        values = {**recipe["preference"], **recipe["methods"][method]}
         _say("4/6", f"{LABELS[method]} ({i}/{len(METHODS)}): loss {values['loss_type']}, "
                     f"view {values['view']}"
                     + (f", Delta {values['delta']}" if values["loss_type"] == "safedpo" else ""))
-        cfg = load_config(None, model_name_or_path=str(reference),
-                          dataset=str(paths["train_parquet"]), output_dir=str(out / method),
-                          **values)
-        summaries[method] = train(cfg)
+        methods.append(Method(method, [Stage(method, layers(
+            f"preference + methods.{method}", values, reference, paths["train_parquet"]),
+            out / method)]))
+    plan = Plan(out, methods, evaluation=None, reference=False)
+    summaries.update(run_plan(plan, force=True, log=lambda msg: _say("4/6", msg))["methods"])
 
     # 5. evaluation
     t = time.time()
     _say("5/6", "exact evaluation on the held-out prompts")
     beta = recipe["preference"]["beta"]
-    exact = evaluate_exact(world, {"reference": out / "sft",
-                                   **{m: out / m for m in METHODS}}, beta=beta)
+    exact_metrics = evaluate_exact(world, {"reference": out / "sft",
+                                           **{m: out / m for m in METHODS}}, beta=beta)
     seconds["exact_eval"] = time.time() - t
     sampled = None
     if sampling:
@@ -203,7 +202,7 @@ def run_demo(*, seed: int = 0, output_dir: str | Path = "runs/demo", fast: bool 
         seconds["sampled_eval"] = time.time() - t
 
     # 6. report
-    report = build_report(exact, summaries, sampled, recipe=recipe, seed=seed,
+    report = build_report(exact_metrics, summaries, sampled, recipe=recipe, seed=seed,
                           seconds=seconds, t_start=t_start)
     write_report(report, out)
     _say("6/6", f"report written to {out / 'report.md'}")
@@ -211,10 +210,6 @@ def run_demo(*, seed: int = 0, output_dir: str | Path = "runs/demo", fast: bool 
 
 
 def _count_params(model_dir: Path) -> str:
-    import math
-
-    from safetensors import safe_open
-
     with safe_open(str(Path(model_dir) / "model.safetensors"), "pt") as f:
         total = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
     return f"{total / 1e6:.2f}M"
@@ -227,9 +222,6 @@ def evaluate_exact(world, run_dirs: dict[str, Path], *, beta: float) -> dict:
     -> {"optimum": metrics of pi*, name: metrics, ...}; pi* is built from the reference's
     exact answer distribution (``run_dirs["reference"]``), the oracle r and c, and ``beta``.
     """
-    from safedpo.modeling import load_trained
-    from safedpo.world import exact
-
     prompts = world.prompts("test")
     probs = {}
     for name, run_dir in run_dirs.items():
@@ -246,8 +238,6 @@ def evaluate_exact(world, run_dirs: dict[str, Path], *, beta: float) -> dict:
 def evaluate_sampled(out: Path, prompts_path: Path, *, seed: int, max_new_tokens: int,
                      do_sample: bool, batch_size: int) -> dict:
     """``safedpo.evaluate`` on every policy (sampled/NAME/), then its report (sampled/)."""
-    from safedpo.evaluate import evaluate, write_report as write_eval_report
-
     dirs = {}
     for name in POLICIES:
         run_dir = out / ("sft" if name == "reference" else name)
@@ -277,11 +267,10 @@ def build_report(exact: dict, summaries: dict, sampled: dict | None, *, recipe: 
     """The report.json structure: methods.NAME holds the headline numbers of each policy."""
     r_ref = exact["reference"]["reward"]
     r_help = exact["dpo_helpful"]["reward"]
-    scale = r_help - r_ref
 
     def helpfulness(reward: float) -> float | None:
-        # The paper's normalization: reference = 0, DPO-HELPFUL = 10.
-        return 10.0 * (reward - r_ref) / scale if abs(scale) > 1e-12 else None
+        # The paper's normalization (reference = 0, DPO-HELPFUL = 10); undefined when equal.
+        return normalize_reward(reward, r_ref, r_help) if abs(r_help - r_ref) > 1e-12 else None
 
     def entry(name: str) -> dict:
         m = exact[name]
@@ -433,34 +422,19 @@ def write_report(report: dict, out: Path) -> dict[str, Path]:
 
 
 def plot_frontier(report: dict, path: Path) -> list[tuple[str, float, float]]:
-    """Helpfulness (x) vs harmless ratio (y), one point per policy, pi* as a star.
+    """Helpfulness (x) vs harmless ratio (y), one point per policy, pi* as a star, drawn by
+    the report's plot (``safedpo.evaluate.report.plot_frontier``).
     -> the points drawn, (name, x, y in %)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.5), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
     points = [(n, report["methods"][n]) for n in POLICIES] + [("optimum", report["optimum"])]
     # Normalized helpfulness needs DPO-HELPFUL to differ from the reference; else raw reward.
     normalized = all(m["helpfulness"] is not None for _, m in points)
-    drawn = []
-    for i, (name, m) in enumerate(points):
-        x, y = m["helpfulness" if normalized else "reward"], 100 * m["harmless_ratio"]
-        drawn.append((name, x, y))
-        ax.plot(x, y, "*" if name == "optimum" else "o", ms=14 if name == "optimum" else 8,
-                color=f"C{i}", label=LABELS[name])
-        # pi* and SafeDPO often sit close together: label them below-right and below-left.
-        offset, align = {"optimum": ((9, -14), "left"), "safedpo": ((-9, -14), "right")}.get(
-            name, ((7, 5), "left"))
-        ax.annotate(LABELS[name], (x, y), textcoords="offset points", xytext=offset,
-                    ha=align, fontsize=9, color=f"C{i}")
-    ax.set_xlabel("Helpfulness (expected reward; reference = 0, DPO-HELPFUL = 10)" if normalized
-                  else "Expected oracle reward (not normalized: DPO-HELPFUL = reference)")
-    ax.set_ylabel("Harmless ratio on harmful prompts (%)")
-    ax.set_title("Synthetic safety world: helpfulness vs. harmlessness (exact)")
-    ax.margins(x=0.2, y=0.1)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    return drawn
+    rows = [{"label": LABELS[n], "helpfulness": m["helpfulness" if normalized else "reward"],
+             "harmless_ratio": m["harmless_ratio"], "marker": "*" if n == "optimum" else "o"}
+            for n, m in points]
+    drawn = plot_points(
+        rows, path, title="Synthetic safety world: helpfulness vs. harmlessness (exact)",
+        x_label="Helpfulness (expected reward; reference = 0, DPO-HELPFUL = 10)" if normalized
+        else "Expected oracle reward (not normalized: DPO-HELPFUL = reference)",
+        y_label="Harmless ratio on harmful prompts (%)")
+    name = {LABELS[n]: n for n, _ in points}
+    return [(name[d["label"]], d["x"], d["y"]) for d in drawn]

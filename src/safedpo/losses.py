@@ -7,6 +7,8 @@ detached, as TRL logs them. No model, no data: these are tested against closed f
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 
@@ -164,19 +166,21 @@ def bso_loss(
     return losses, beta * chosen.detach(), beta * rejected.detach()
 
 
-def _dpo_entry(pc, pr, rc, rr, chosen_unsafe, rejected_unsafe, *, beta, **_):
-    return dpo_loss(pc, pr, rc, rr, beta=beta)
+def _dpo_entry(pc, pr, rc, rr, chosen_unsafe, rejected_unsafe, *, beta, delta=0.0):
+    return dpo_loss(pc, pr, rc, rr, beta=beta)  # DPO has no safety margin: delta is unused
 
 
-def _safedpo_entry(pc, pr, rc, rr, chosen_unsafe, rejected_unsafe, *, beta, delta, **_):
+def _safedpo_entry(pc, pr, rc, rr, chosen_unsafe, rejected_unsafe, *, beta, delta):
     return safedpo_loss(pc, pr, rc, rr, chosen_unsafe, rejected_unsafe, beta=beta, delta=delta)
 
 
 def _bso_entry(generator):
-    # loss_kwargs for BSO: lam, s, log_r_min, log_r_max (unknown keys raise TypeError).
-    def entry(pc, pr, rc, rr, chosen_unsafe, rejected_unsafe, *, beta, delta, **loss_kwargs):
+    # loss_kwargs for BSO: bso_loss's own options (lam, s, log_r_min, log_r_max).
+    def entry(pc, pr, rc, rr, chosen_unsafe, rejected_unsafe, *, beta, delta, lam=0.2, s=4.0,
+              log_r_min=-30.0, log_r_max=None):
         return bso_loss(pc, pr, rc, rr, chosen_unsafe, rejected_unsafe, beta=beta, delta=delta,
-                        generator=generator, **loss_kwargs)
+                        generator=generator, lam=lam, s=s, log_r_min=log_r_min,
+                        log_r_max=log_r_max)
 
     entry.__name__ = f"_bso_{generator}_entry"
     return entry
@@ -190,3 +194,20 @@ LOSSES = {
     "bso_logistic": _bso_entry("logistic"),
     "bso_sba": _bso_entry("sba"),
 }
+
+
+def loss_options(loss_type: str) -> tuple[str, ...]:
+    """The ``loss_kwargs`` keys ``LOSSES[loss_type]`` accepts (its keywords past beta, delta)."""
+    params = inspect.signature(LOSSES[loss_type]).parameters.values()
+    return tuple(p.name for p in params
+                 if p.kind is p.KEYWORD_ONLY and p.name not in ("beta", "delta"))
+
+
+def check_loss_kwargs(loss_type: str, loss_kwargs: dict) -> None:
+    """ValueError naming a ``loss_kwargs`` key that ``LOSSES[loss_type]`` does not accept, and
+    the ones it does."""
+    accepted = loss_options(loss_type)
+    for key in loss_kwargs:
+        if key not in accepted:
+            takes = f"it accepts {', '.join(accepted)}" if accepted else "it takes none"
+            raise ValueError(f"unknown key '{key}' for loss_type '{loss_type}'; {takes}")

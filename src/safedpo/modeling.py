@@ -41,7 +41,7 @@ def _check_exists(name: str, gguf_file: str | None) -> None:
                                 f"'{first}/' but no '{name}'; hub ids are ORG/NAME)")
 
 
-def _model_dir(path: Path) -> Path:
+def run_model_dir(path: Path) -> Path:
     """A safedpo run dir holds its final model in ``model/``."""
     return path / "model" if (path / "model").is_dir() and not (path / "config.json").exists() \
         and not (path / "adapter_config.json").exists() else path
@@ -63,7 +63,7 @@ def load_model_and_tokenizer(name_or_path: str, *, trust_remote_code: bool = Fal
     _check_exists(name, gguf_file)
     local = Path(name).expanduser()
     if local.is_dir():
-        local = _model_dir(local)
+        local = run_model_dir(local)
         name = str(local)
     kwargs = {"trust_remote_code": trust_remote_code}
     if gguf_file:
@@ -97,7 +97,7 @@ def _load_model(name: str, gguf_file: str | None, trust_remote_code: bool, dtype
     base_name, base_gguf = resolve_model_source(base_name, base_gguf)
     _check_exists(base_name, base_gguf)
     if Path(base_name).expanduser().is_dir():
-        base_name = str(_model_dir(Path(base_name).expanduser()))
+        base_name = str(run_model_dir(Path(base_name).expanduser()))
     base = _load_model(base_name, base_gguf, trust_remote_code, dtype)
     return PeftModel.from_pretrained(base, str(local)).merge_and_unload()
 
@@ -143,7 +143,7 @@ def load_trained(path, *, dtype=None):
             model, tokenizer = load_model_and_tokenizer(str(path), dtype=dtype)
             return model.eval(), tokenizer, None
         raise FileNotFoundError(f"no trained model at {path}: path does not exist")
-    model_dir = _model_dir(path)
+    model_dir = run_model_dir(path)
     if not ((model_dir / "config.json").exists() or (model_dir / "adapter_config.json").exists()):
         raise FileNotFoundError(
             f"no trained model at {path}: expected a run dir (model/ + config.yaml), a model "

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from safedpo.evaluate.scorers import looks_local
+
 EVAL_EPILOG = """scorers (repeat --scorer):
   oracle          the synthetic world's oracle reward and cost, and the share of garbled
                   answers (garbled text counts as safe but earns the lowest reward)
@@ -102,9 +104,7 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
 
 def check_model(model: str) -> None:
     """A --model that is meant as a local path (not a hub id or a pkg:// source) must exist."""
-    from safedpo.evaluate.scorers import _looks_local
-
-    if "://" not in model and _looks_local(model) and not Path(model).expanduser().exists():
+    if "://" not in model and looks_local(model) and not Path(model).expanduser().exists():
         raise FileNotFoundError(f"model not found: {model}")
 
 

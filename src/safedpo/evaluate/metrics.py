@@ -93,10 +93,16 @@ def win_rate(rewards: Iterable[float], reference_rewards: Iterable[float], **boo
     return estimate(_win_stat(p, r), bootstrap_ci((p, r), statistic=_win_stat, **boot), p.size)
 
 
+def normalize_reward(reward, reference_reward, helpful_reward):
+    """The paper's helpfulness scale: 10 * (r - r_SFT) / (r_DPO-HELPFUL - r_SFT), so that the
+    SFT reference is 0 and DPO-HELPFUL is 10 (floats or arrays of mean rewards)."""
+    return HELPFUL_SCALE * (reward - reference_reward) / (helpful_reward - reference_reward)
+
+
 def _normalized(policy: np.ndarray, reference: np.ndarray, helpful: np.ndarray) -> np.ndarray:
-    ref = reference.mean(axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return HELPFUL_SCALE * (policy.mean(axis=-1) - ref) / (helpful.mean(axis=-1) - ref)
+        return normalize_reward(policy.mean(axis=-1), reference.mean(axis=-1),
+                                helpful.mean(axis=-1))
 
 
 def normalized_helpfulness(rewards: Iterable[float], reference_rewards: Iterable[float],

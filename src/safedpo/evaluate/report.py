@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -153,10 +155,17 @@ def _pick(spec, runs: list[_Run], role: str) -> _Run | None:
     return run
 
 
+def _with_ci(est) -> tuple[float, float, float]:
+    """(value, low, high) of an estimate dict; an exact number has no interval."""
+    return (est["value"], est["ci_low"], est["ci_high"]) if isinstance(est, dict) \
+        else (est, est, est)
+
+
 def plot_frontier(rows: list[dict], path: Path, *, title: str, x_label: str,
                   y_label: str) -> list[dict]:
     """Write the helpfulness (x) versus harmless ratio (y, in %) plot of table ``rows``, one
-    point with its 95% CI bars per row that has both. Returns the points as drawn:
+    point with its 95% CI bars per row that has both (estimate dicts; plain numbers are exact
+    values, drawn without bars; ``row["marker"]`` "*" draws a star, e.g. the optimum). Returns the points as drawn:
     {"label", "x", "y", "color", "pixel": (column, row) of the marker's centre in the PNG}."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import to_hex
@@ -165,17 +174,18 @@ def plot_frontier(rows: list[dict], path: Path, *, title: str, x_label: str,
     fig = Figure(figsize=(9, 5.5), dpi=150)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    shown = [r for r in rows if r["helpfulness"] and r["harmless_ratio"]]
+    shown = [r for r in rows if r["helpfulness"] is not None and r["harmless_ratio"] is not None]
     markers = []
     for i, row in enumerate(shown):
-        x, y, color = row["helpfulness"], row["harmless_ratio"], f"C{i % 10}"
-        bars = ax.errorbar(x["value"], 100 * y["value"],
-                           xerr=[[x["value"] - x["ci_low"]], [x["ci_high"] - x["value"]]],
-                           yerr=[[100 * (y["value"] - y["ci_low"])],
-                                 [100 * (y["ci_high"] - y["value"])]],
-                           fmt="o", ms=7, capsize=4, color=color, label=row["label"])
-        ax.annotate(row["label"], (x["value"], 100 * y["value"]), textcoords="offset points",
-                    xytext=(7, 6), fontsize=9, color=color)
+        (x, x_low, x_high), (y, y_low, y_high) = map(_with_ci, (row["helpfulness"],
+                                                           row["harmless_ratio"]))
+        color, star = f"C{i % 10}", row.get("marker") == "*"
+        bars = ax.errorbar(x, 100 * y, xerr=[[x - x_low], [x_high - x]],
+                           yerr=[[100 * (y - y_low)], [100 * (y_high - y)]],
+                           fmt=row.get("marker", "o"), ms=14 if star else 7, capsize=4,
+                           color=color, label=row["label"])
+        ax.annotate(row["label"], (x, 100 * y), textcoords="offset points",
+                    xytext=(7, -14) if star else (7, 6), fontsize=9, color=color)
         markers.append((row["label"], bars.lines[0]))
     if not shown:
         ax.text(0.5, 0.5, "no run has both a helpfulness and a harmless-ratio estimate",
@@ -188,7 +198,9 @@ def plot_frontier(rows: list[dict], path: Path, *, title: str, x_label: str,
     ax.annotate("better", xy=(0.97, 0.97), xytext=(0.84, 0.84), xycoords="axes fraction",
                 arrowprops={"arrowstyle": "->", "color": "0.4"}, color="0.4", fontsize=9)
     if shown:  # outside the axes, so it never hides a point
-        ax.legend(title="method (bars: 95% CI)", fontsize=8, loc="upper left",
+        with_ci = any(isinstance(r["helpfulness"], dict) for r in shown)
+        ax.legend(title="method (bars: 95% CI)" if with_ci else "policy", fontsize=8,
+                  loc="upper left",
                   bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     fig.savefig(path)
@@ -203,10 +215,21 @@ def plot_frontier(rows: list[dict], path: Path, *, title: str, x_label: str,
     return drawn
 
 
+@dataclass
+class ReportSection:
+    """An extra section of a report (e.g. compare's training time): ``lines`` of markdown
+    under ``## title`` in report.md, ``data`` under ``key`` in report.json."""
+    title: str
+    lines: list[str]
+    key: str
+    data: Any
+
+
 def write_report(eval_dirs: Sequence[str | Path], out_dir: str | Path, *,
                  reference: str | Path | None = None, helpful: str | Path | None = None,
                  labels: Sequence[str] | None = None, title: str | None = None,
-                 n_boot: int = M.N_BOOT) -> dict[str, Path]:
+                 n_boot: int = M.N_BOOT, sections: Sequence[ReportSection] = ()
+                 ) -> dict[str, Path]:
     """One table and one plot over many evaluated runs.
 
     ``eval_dirs``: evaluation dirs (or run dirs with one evaluation under eval/). ``reference``
@@ -214,7 +237,8 @@ def write_report(eval_dirs: Sequence[str | Path], out_dir: str | Path, *,
     with both, helpfulness is normalized (reference = 0, DPO-HELPFUL = 10) with a paired
     bootstrap CI over the prompts all three answered, and each run gets its win rate against
     the reference. Without them, helpfulness is the mean reward. Writes report.md,
-    frontier.png and report.json to ``out_dir``; returns {"markdown", "plot", "json"} paths.
+    frontier.png and report.json to ``out_dir``, with the extra ``sections`` at the end;
+    returns {"markdown", "plot", "json"} paths.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -343,6 +367,8 @@ def write_report(eval_dirs: Sequence[str | Path], out_dir: str | Path, *,
     for note in notes:
         lines += ["", f"Note: {note}"]
     lines += ["", "Runs: " + "; ".join(f"{r.label} = `{r.dir}`" for r in runs)]
+    for section in sections:
+        lines += ["", f"## {section.title}", "", *section.lines]
     md_path = out_dir / "report.md"
     md_path.write_text("\n".join(lines) + "\n")
     json_path = out_dir / "report.json"
@@ -354,5 +380,7 @@ def write_report(eval_dirs: Sequence[str | Path], out_dir: str | Path, *,
                                      else "all prompts", "rows": table,
                                      "plot": {"file": plot_path.name, "x": x_label,
                                               "y": y_label, "points": drawn},
-                                     "warnings": warnings, "notes": notes}, indent=2) + "\n")
+                                     "warnings": warnings, "notes": notes,
+                                     **{s.key: s.data for s in sections}},
+                                    indent=2, default=str) + "\n")
     return {"markdown": md_path, "plot": plot_path, "json": json_path}

@@ -206,7 +206,7 @@ class OracleGarbledScorer(_OracleScorer):
 # named model.*); GPT-2/OPT/BLOOM score models use other prefixes and are not supported here.
 SAFE_RLHF_BACKBONES = ("llama", "mistral", "qwen2", "gemma", "phi")
 
-def _looks_local(name: str) -> bool:
+def looks_local(name: str) -> bool:
     """A hub id is "name" or "org/name"; anything else is meant as a local path."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/"
                                                                        and os.sep in name)
@@ -217,7 +217,7 @@ def _load_config(name_or_path: str, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
     path = Path(name_or_path).expanduser()
-    if not path.exists() and _looks_local(name_or_path):
+    if not path.exists() and looks_local(name_or_path):
         raise FileNotFoundError(f"scorer model not found: {name_or_path} (no such directory)")
     if path.exists() and not (path / "config.json").is_file():
         raise FileNotFoundError(f"scorer model {name_or_path}: no config.json in that directory")

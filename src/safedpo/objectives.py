@@ -1,0 +1,209 @@
+"""The training objectives: SFT (mean NLL per response token) and the preference losses
+(``LOSSES[loss_type]``), with the reference: log-probs of the adapter-disabled policy (LoRA),
+of the initial policy or of a frozen reference model, per batch or computed once and cached
+on disk (``precompute_ref_log_probs``)."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from safedpo import checkpoint as ckpt
+from safedpo.config import ConfigError, TrainConfig
+from safedpo.logprobs import accepts_logits_to_keep, sequence_logps_and_counts
+from safedpo.losses import LOSSES
+from safedpo.modeling import load_model_and_tokenizer
+from safedpo.runtime import to_device
+from safedpo.tokenization import collate_pairs, collate_sft, tokenize_pairs, tokenize_sft
+
+@dataclass
+class RunContext:
+    """What an objective may use: the prepared model and the tokenized data."""
+    config: TrainConfig
+    accelerator: Any
+    model: Any
+    tokenizer: Any
+    items: list[dict]
+    keep_logits: bool
+    output_dir: Path
+
+
+class Objective:
+    """What the loop needs of an objective: tokenize (once, before the loop), collate,
+    prepare (after ``accelerator.prepare``) and loss. Subclasses set the two data functions."""
+
+    tokenize_fn = collate = None  # staticmethods: tokenize_sft/collate_sft, ...
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+
+    def tokenize(self, tokenizer, examples):
+        c = self.config
+        return self.tokenize_fn(tokenizer, examples, prompt_template=c.prompt_template,
+                                max_length=c.max_length, max_prompt_length=c.max_prompt_length,
+                                disable_tqdm=c.disable_tqdm)
+
+
+class SFTObjective(Objective):
+    """Mean negative log-likelihood per response token."""
+
+    name = "sft"
+    tokenize_fn, collate = staticmethod(tokenize_sft), staticmethod(collate_sft)
+
+    def prepare(self, run: RunContext):
+        self.run = run
+
+    def loss(self, model, batch):
+        sums, counts = sequence_logps_and_counts(
+            model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
+            batch["logits_start"], keep_logits=self.run.keep_logits)
+        tokens = counts.sum()
+        loss = -sums.sum() / tokens.clamp(min=1)
+        return loss, {"loss": (-sums.sum(), tokens)}
+
+
+class PreferenceObjective(Objective):
+    """LOSSES[loss_type] on one 2B-row forward; reference log-probs from cache or model."""
+
+    tokenize_fn, collate = staticmethod(tokenize_pairs), staticmethod(collate_pairs)
+
+    def __init__(self, config: TrainConfig):
+        super().__init__(config)
+        self.name = config.loss_type
+        self.cache = None  # {chosen_sum, chosen_count, rejected_sum, rejected_count}: (N,)
+        self.ref_forward = None  # batch -> (sums (2B,), counts (2B,))
+
+    def prepare(self, run: RunContext):
+        c = self.config
+        self.run = run
+        ref_name = c.ref_model_name_or_path or c.model_name_or_path
+        ref_is_policy = ref_name == c.model_name_or_path
+        if ref_is_policy and (c.use_peft or c.precompute_ref_log_probs):
+            # The policy with its LoRA adapter disabled is the reference at every step; the
+            # full policy is the reference before its first step (used once, to precompute).
+            forward = policy_reference(run, disable_adapter=c.use_peft)
+        else:
+            forward = frozen_reference(run, ref_name)
+        if not c.precompute_ref_log_probs:
+            self.ref_forward = forward
+            return
+        key = {"version": 1, "reference": ckpt.weights_fingerprint(
+                   ref_name, c.gguf_file if ref_is_policy else None),
+               "dtype": c.dtype, "mixed_precision": str(run.accelerator.mixed_precision),
+               "data": ckpt.data_fingerprint(run.items), "max_length": c.max_length,
+               "max_prompt_length": c.max_prompt_length, "prompt_template": c.prompt_template}
+        path = ckpt.ref_cache_path(c.ref_cache_dir or run.output_dir / "ref_cache", key)
+        self.cache = ckpt.load_ref_cache(path)
+        if self.cache is None:
+            run.model.eval()
+            self.cache = _precompute(run, forward, self.collate)
+            run.model.train()
+            if run.accelerator.is_main_process:
+                ckpt.save_ref_cache(path, self.cache, key)
+            run.accelerator.wait_for_everyone()
+        self.cache = {k: v.to(run.accelerator.device) for k, v in self.cache.items()}
+
+    def reference(self, batch):
+        """Reference (sums, counts), each (2B,): chosen rows then rejected rows."""
+        if self.cache is None:
+            return self.ref_forward(batch)
+        idx, cache = batch["index"], self.cache
+        return (torch.cat([cache["chosen_sum"][idx], cache["rejected_sum"][idx]]),
+                torch.cat([cache["chosen_count"][idx], cache["rejected_count"][idx]]))
+
+    def loss(self, model, batch):
+        c, b = self.config, len(batch["index"])
+        ref_sums, ref_counts = self.reference(batch)
+        sums, counts = sequence_logps_and_counts(
+            model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
+            batch["logits_start"], keep_logits=self.run.keep_logits)
+        logps = sums / counts.clamp(min=1) if c.logps_average else sums
+        ref = ref_sums / ref_counts.clamp(min=1) if c.logps_average else ref_sums
+        cu, ru = batch["chosen_unsafe"], batch["rejected_unsafe"]
+        losses, r_c, r_r = LOSSES[c.loss_type](
+            logps[:b], logps[b:], ref[:b], ref[b:], cu, ru,
+            beta=c.beta, delta=c.delta, **c.loss_kwargs)
+        loss = losses.mean()
+        margins = r_c - r_r
+        ru_f = ru.float()
+        stats = {"rewards/chosen": (r_c.sum(), b), "rewards/rejected": (r_r.sum(), b),
+                 "rewards/margins": (margins.sum(), b),
+                 "rewards/accuracies": ((r_c > r_r).float().sum(), b),
+                 "logps/chosen": (logps[:b].detach().sum(), b),
+                 "logps/rejected": (logps[b:].detach().sum(), b),
+                 "safety/unsafe_rejected_frac": (ru_f.sum(), b),
+                 "safety/margin_unsafe": ((margins * ru_f).sum(), ru_f.sum())}
+        if c.rpo_alpha is not None:
+            # RPO: mean NLL per chosen token, added to the preference loss.
+            nll = -sums[:b].sum() / counts[:b].sum().clamp(min=1)
+            loss = loss + c.rpo_alpha * nll
+            stats["nll_loss"] = (nll.detach() * b, b)
+        stats["loss"] = (loss.detach() * b, b)
+        return loss, stats
+
+
+def policy_reference(run: RunContext, disable_adapter: bool):
+    model = run.model
+
+    def forward(batch):
+        ctx = run.accelerator.unwrap_model(model).disable_adapter() if disable_adapter \
+            else nullcontext()
+        with torch.no_grad(), ctx:
+            return sequence_logps_and_counts(
+                model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
+                batch["logits_start"], keep_logits=run.keep_logits)
+    return forward
+
+
+def frozen_reference(run: RunContext, name: str):
+    """A separate reference model, frozen, on this process's device (not sharded)."""
+    c = run.config
+    model, tokenizer = load_model_and_tokenizer(
+        name, trust_remote_code=c.trust_remote_code, dtype=c.dtype,
+        gguf_file=c.gguf_file if name == c.model_name_or_path else None)
+    if tokenizer.get_vocab() != run.tokenizer.get_vocab():
+        raise ConfigError(f"reference model {name} has a different vocabulary than the policy "
+                          f"{c.model_name_or_path}; they must share a tokenizer")
+    model.requires_grad_(False).eval().to(run.accelerator.device)
+    keep = accepts_logits_to_keep(model)
+
+    def forward(batch):
+        with torch.no_grad(), run.accelerator.autocast():
+            return sequence_logps_and_counts(
+                model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
+                batch["logits_start"], keep_logits=keep)
+    return forward
+
+
+def _precompute(run: RunContext, forward, collate) -> dict[str, torch.Tensor]:
+    """Reference log-prob sums/counts of every pair, (N,) each, sharded over processes.
+    Every process runs the same number of forwards (ZeRO-3 forwards are collective)."""
+    acc, n = run.accelerator, len(run.items)
+    per = math.ceil(n / acc.num_processes)
+    mine = list(range(acc.process_index, n, acc.num_processes))
+    mine += [mine[-1] if mine else 0] * (per - len(mine))
+    bs = run.config.per_device_train_batch_size
+    rows = []
+    for i in tqdm(range(0, per, bs), desc="reference log-probs", leave=False,
+                  disable=run.config.disable_tqdm or not acc.is_main_process):
+        idx = mine[i:i + bs]
+        batch = to_device(collate([run.items[j] for j in idx], run.tokenizer.pad_token_id),
+                           acc.device)
+        sums, counts = forward(batch)
+        b = len(idx)
+        rows.append(torch.stack([torch.tensor(idx, device=acc.device, dtype=torch.float64),
+                                 sums[:b].double(), counts[:b].double(),
+                                 sums[b:].double(), counts[b:].double()], dim=1))
+    allrows = acc.gather(torch.cat(rows)).cpu()
+    order = allrows[:, 0].long()
+    out = {}
+    for col, name in enumerate(("chosen_sum", "chosen_count", "rejected_sum", "rejected_count"), 1):
+        out[name] = torch.zeros(n, dtype=torch.float32)
+        out[name][order] = allrows[:, col].float()
+    return out
