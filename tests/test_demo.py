@@ -3,6 +3,8 @@ steps (numbers meaningless), checking the files and keys the report promises."""
 
 import json
 import math
+import os
+import signal
 
 from safedpo.cli import main
 from safedpo.demo import plot_frontier, reading
@@ -58,3 +60,26 @@ def test_demo_fast_end_to_end(tmp_path, capsys):
     expected = [(n, m[x], 100 * m["harmless_ratio"]) for n, m in points]
     assert drawn == expected
     assert (tmp_path / "again.png").stat().st_size > 10_000
+
+
+def test_demo_stops_at_an_interrupted_stage_with_the_hint(tmp_path, capsys, monkeypatch):
+    """SIGTERM during the first preference run: the demo stops there (exit 130, one line
+    naming the stage, its step and checkpoint), trains and evaluates nothing after it."""
+    from safedpo import train as engine
+
+    real_train = engine.train
+
+    def terminated(config, pairs=None, *, callbacks=()):
+        return real_train(config, pairs,
+                          callbacks=[lambda metrics: os.kill(os.getpid(), signal.SIGTERM)])
+
+    monkeypatch.setattr(engine, "train", terminated)
+    out = tmp_path / "demo"
+    assert main(["demo", "--fast", "--no-sampling", "--output-dir", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = next(ln for ln in err.splitlines() if ln.startswith("safedpo demo: "))
+    assert f"training of {out / 'dpo_helpful'} was interrupted at step 2" in line
+    assert str(out / "dpo_helpful" / "checkpoints") in line and "stopped there" in line
+    assert (out / "sft" / "model").is_dir()  # the stage before it finished
+    assert not (out / "dpo_harmless").exists() and not (out / "report.md").exists()

@@ -362,7 +362,9 @@ def train_stage(stage: Stage, *, force: bool = False, done: dict | None = None
     (stage.run_dir / KEY_FILE).unlink(missing_ok=True)  # a crash must not leave a stale key
     summary = (engine.sft if stage.objective == "sft" else engine.train)(config)
     if summary.get("interrupted"):
-        raise KeyboardInterrupt(f"training of {stage.run_dir} was interrupted")
+        raise KeyboardInterrupt(f"training of {stage.run_dir} was interrupted at step "
+                                f"{summary['global_step']} (checkpoint in "
+                                f"{stage.run_dir / 'checkpoints'})")
     if _state().is_main_process:
         _write_key(stage.run_dir, key)
     _state().wait_for_everyone()

@@ -97,8 +97,8 @@ def run(name: str, args: argparse.Namespace) -> int:
                           sampling=not args.no_sampling, threads=args.threads,
                           recipe=args.recipe)
     except KeyboardInterrupt as e:  # a training stage stopped on SIGINT/SIGTERM
-        print(f"safedpo demo: {e or 'interrupted'}; the demo stopped there. Run the same "
-              "command again to redo it", file=sys.stderr)
+        print(f"safedpo demo: {e or 'interrupted'}; the demo stopped there (nothing after "
+              "it ran). Run the same command again to redo the demo", file=sys.stderr)
         return 130
     out = Path(args.output_dir)
     print()

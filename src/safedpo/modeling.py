@@ -47,6 +47,22 @@ def run_model_dir(path: Path) -> Path:
         and not (path / "adapter_config.json").exists() else path
 
 
+def check_model(name_or_path: str, gguf_file: str | None = None) -> None:
+    """A model source that cannot load is an error now, before a run touches anything: a
+    ``pkg://`` source or GGUF file that is not there, a local path that does not exist, a
+    local folder with no model in it. Hub ids pass (they are not looked up here)."""
+    name, gguf_file = resolve_model_source(str(name_or_path), gguf_file)
+    _check_exists(name, gguf_file)
+    local = Path(name).expanduser()
+    if local.is_dir() and not gguf_file:
+        found = run_model_dir(local)
+        if not ((found / "config.json").exists() or (found / "adapter_config.json").exists()):
+            raise FileNotFoundError(
+                f"{name_or_path} holds no model: no config.json (a transformers model folder), "
+                "adapter_config.json (a LoRA adapter) or model/ (a safedpo run); point it at "
+                "the folder that holds config.json")
+
+
 def load_model_and_tokenizer(name_or_path: str, *, trust_remote_code: bool = False,
                              gguf_file: str | None = None, dtype=None,
                              base_model: str | None = None, base_gguf_file: str | None = None):

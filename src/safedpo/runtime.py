@@ -22,13 +22,27 @@ from transformers import get_scheduler
 from safedpo import checkpoint as ckpt
 from safedpo.config import ConfigError, TrainConfig, save_config
 from safedpo.logprobs import accepts_logits_to_keep
-from safedpo.modeling import apply_lora, load_model_and_tokenizer
+from safedpo.modeling import apply_lora, check_model, load_model_and_tokenizer
 
 
 def require(value, name: str) -> None:
     """A ConfigError when a needed field is unset."""
     if value in (None, ""):
         raise ConfigError(f"'{name}' is not set (config file or --{name})")
+
+
+def check_models(config: TrainConfig) -> None:
+    """The policy and reference sources exist and hold a model (before the run dir is
+    touched: an --overwrite_output_dir run with a wrong path must not delete the last run)."""
+    require(config.model_name_or_path, "model_name_or_path")
+    for field in ("model_name_or_path", "ref_model_name_or_path"):
+        name = getattr(config, field)
+        if name:
+            try:
+                check_model(name, config.gguf_file if name == config.model_name_or_path
+                            else None)
+            except ValueError as e:  # a malformed source, e.g. pkg://a.b/x
+                raise ConfigError(f"{field}: {e}") from None
 
 
 def load_policy(config: TrainConfig):

@@ -35,11 +35,11 @@ from tqdm.auto import tqdm
 
 from safedpo import checkpoint as ckpt
 from safedpo.config import TrainConfig, validate
-from safedpo.data import load_pairs, load_sft_examples
+from safedpo.data import DataError, load_pairs, load_sft_examples, require_pairs
 from safedpo.objectives import PreferenceObjective, RunContext, SFTObjective
-from safedpo.runtime import (MetricSums, StopOnSignal, fill_deepspeed_config, flat_config,
-                             load_policy, log_metrics, make_accelerator, make_optimizer,
-                             prepare_output_dir, raise_if_nonfinite, require,
+from safedpo.runtime import (MetricSums, StopOnSignal, check_models, fill_deepspeed_config,
+                             flat_config, load_policy, log_metrics, make_accelerator,
+                             make_optimizer, prepare_output_dir, raise_if_nonfinite, require,
                              reset_accelerate_state, resume_state, save_model, to_device)
 
 Callback = Callable[[dict], Any]
@@ -57,6 +57,7 @@ def train(config: TrainConfig, pairs=None, *, callbacks: list[Callback] = ()) ->
             config.dataset, view=config.view, split=config.dataset_split,
             config_name=config.dataset_config, column_map=config.column_map,
             skip_invalid=config.skip_invalid, keep_both_unsafe=config.keep_both_unsafe)
+        require_pairs(pairs, stats)
     return _run(config, PreferenceObjective(config), list(pairs), stats, callbacks)
 
 
@@ -69,13 +70,15 @@ def sft(config: TrainConfig, examples=None, *, callbacks: list[Callback] = ()) -
         examples = load_sft_examples(config.dataset, split=config.dataset_split,
                                      prompt_column=config.prompt_column,
                                      response_column=config.response_column)
+        if not examples:
+            raise DataError(f"{config.dataset}: no SFT examples (split '{config.dataset_split}')")
     return _run(config, SFTObjective(config), list(examples), None, callbacks)
 
 
 # --- the loop -------------------------------------------------------------------------------
 
 def _run(config: TrainConfig, objective, data: list, data_stats, callbacks) -> dict:
-    require(config.model_name_or_path, "model_name_or_path")
+    check_models(config)
     t_begin = time.time()
     accelerator = make_accelerator(config)
     try:
@@ -84,7 +87,7 @@ def _run(config: TrainConfig, objective, data: list, data_stats, callbacks) -> d
         model, tokenizer, keep_logits = load_policy(config)
         items = objective.tokenize(tokenizer, data)
         if not items:
-            raise ValueError("no training data (0 pairs/examples after loading)")
+            raise DataError("no training data (0 pairs/examples after loading)")
         # One optimizer step = micro-batches x processes x per-device batch.
         per_device, accum = config.per_device_train_batch_size, config.gradient_accumulation_steps
         rank, nproc = accelerator.process_index, accelerator.num_processes

@@ -16,11 +16,11 @@ from safedpo.data.sources import (
     load_sft_examples,
     read_table,
 )
-from safedpo.data.transform import VIEWS, build_pairs, load_pairs, transform
+from safedpo.data.transform import VIEWS, build_pairs, load_pairs, require_pairs, transform
 from safedpo.data.types import DataError, SafetyPair
 
 __all__ = [
     "DataError", "LoadResult", "OPTIONAL_COLUMNS", "PreferenceRow", "REQUIRED_COLUMNS",
     "SUPPORTED_FORMATS", "SafetyPair", "VIEWS", "build_pairs", "load_pairs", "load_prompts",
-    "load_rows", "load_sft_examples", "read_table", "transform",
+    "load_rows", "load_sft_examples", "read_table", "require_pairs", "transform",
 ]

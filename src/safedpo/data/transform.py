@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from safedpo.data.sources import LoadResult, PreferenceRow, load_rows
-from safedpo.data.types import SafetyPair
+from safedpo.data.types import DataError, SafetyPair
 
 # view -> what "chosen" means (printed by `safedpo data`)
 VIEWS = {
@@ -96,6 +96,24 @@ def build_pairs(rows: list[PreferenceRow] | LoadResult, view: str = "safedpo", *
     stats["pairs"] = len(pairs)
     stats["categories"] = dict(sorted(stats["categories"].items()))
     return pairs, stats
+
+
+def require_pairs(pairs: list[SafetyPair], stats: dict) -> None:
+    """A DataError that says why a view kept no pair, and what to do, when ``pairs`` is empty."""
+    if pairs:
+        return
+    rows, view, source = stats["rows"], stats["view"], stats.get("source")
+    if rows and stats["both_unsafe"] == stats["dropped"] == rows:
+        why = (f"every row ({rows} rows) has two unsafe responses, and view '{view}' drops "
+               "such rows; use --keep_both_unsafe true (an ablation) or another --view "
+               "(e.g. harmless)")
+    elif rows and stats["invalid"] == rows:
+        why = f"all {rows} rows are invalid (see the warnings above)"
+    else:
+        why = (f"view '{view}' kept no pair of {rows} rows (dropped {stats['dropped']}, "
+               f"invalid {stats['invalid']}, {stats['both_unsafe']} with two unsafe "
+               "responses); try another --view")
+    raise DataError(f"no training pairs: {why}", file=str(source) if source else None)
 
 
 def load_pairs(source: str | Path, view: str = "safedpo", *, split: str = "train",
