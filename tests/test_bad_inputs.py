@@ -83,3 +83,23 @@ def test_bad_input_is_one_line_exit_2_and_keeps_the_previous_run(setup, tmp_path
     assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == set(files)
     for name, data in files.items():
         assert (out / name).read_bytes() == data, name
+
+
+def test_a_model_that_fails_to_load_leaves_the_previous_run(setup, tmp_path, capsys,
+                                                            monkeypatch):
+    """The previous run's files go only once the new model and data have loaded."""
+    import safedpo.train
+
+    def broken(config):
+        raise OSError(f"could not load model '{config.model_name_or_path}'")
+
+    monkeypatch.setattr(safedpo.train, "load_policy", broken)
+    tmp, model = setup
+    out = tmp_path / "run"
+    files = previous_run(out)
+    assert main(["train", "--model_name_or_path", model, "--dataset", str(tmp / "train.jsonl"),
+                 "--output_dir", str(out), "--overwrite_output_dir", "true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"safedpo train: error: could not load model '{model}'"
+    for name, data in files.items():
+        assert (out / name).read_bytes() == data, name

@@ -144,8 +144,9 @@ def reset_accelerate_state():
 RUN_FILES = ("model", "checkpoints", "metrics.jsonl", "train_summary.json")
 
 
-def prepare_output_dir(config: TrainConfig, accelerator) -> tuple[Path, Path | None]:
-    """-> (output dir, checkpoint to resume or None). Refuses to replace a previous run."""
+def check_output_dir(config: TrainConfig) -> Path | None:
+    """-> the checkpoint to resume, or None. Refuses to replace a previous run unless asked;
+    deletes nothing (``prepare_output_dir`` does, once the run can start)."""
     out = Path(config.output_dir)
     resume = ckpt.find_checkpoint(out, config.resume_from_checkpoint) \
         if config.resume_from_checkpoint else None
@@ -155,15 +156,26 @@ def prepare_output_dir(config: TrainConfig, accelerator) -> tuple[Path, Path | N
             f"output_dir {out} already holds a run ({', '.join(previous)}). Use another "
             "output_dir, --resume_from_checkpoint latest to continue it, or "
             "--overwrite_output_dir true to replace it")
+    return resume
+
+
+def prepare_output_dir(config: TrainConfig, accelerator, resume: Path | None) -> Path:
+    """The run dir, with the previous run's files removed (unless resuming) and config.yaml
+    written. Called once the model and data have loaded, so that a run that cannot start
+    leaves the previous one whole."""
+    out = Path(config.output_dir)
     if accelerator.is_main_process:
         if resume is None:
-            for name in previous:
+            for name in RUN_FILES:
                 p = out / name
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
     accelerator.wait_for_everyone()
-    return out, resume
+    return out
 
 
 def resume_state(accelerator, out: Path, checkpoint: Path) -> dict:

@@ -4,9 +4,10 @@ objectives live in ``safedpo.objectives``, everything around the loop in ``safed
 One run, top to bottom (``_run``):
 1. An ``Accelerator`` (DDP / DeepSpeed / FSDP come from ``accelerate launch``; bf16 autocast
    where the device supports it; gradient accumulation).
-2. The run dir is checked (a previous run is never overwritten silently; resuming is explicit)
-   and the resolved ``config.yaml`` written.
+2. The model sources and the run dir are checked (a previous run is never overwritten
+   silently; resuming is explicit).
 3. Model + tokenizer load (LoRA optional); the data is tokenized once and kept in memory.
+   Only then are a replaced run's files removed and the resolved ``config.yaml`` written.
 4. The objective prepares itself. For preference losses that means the reference: log-probs
    cached on disk (``precompute_ref_log_probs``, computed once with the initial policy or the
    reference model), else per batch from the adapter-disabled policy (LoRA) or a frozen model.
@@ -37,10 +38,11 @@ from safedpo import checkpoint as ckpt
 from safedpo.config import TrainConfig, validate
 from safedpo.data import DataError, load_pairs, load_sft_examples, require_pairs
 from safedpo.objectives import PreferenceObjective, RunContext, SFTObjective
-from safedpo.runtime import (MetricSums, StopOnSignal, check_models, fill_deepspeed_config,
-                             flat_config, load_policy, log_metrics, make_accelerator,
-                             make_optimizer, prepare_output_dir, raise_if_nonfinite, require,
-                             reset_accelerate_state, resume_state, save_model, to_device)
+from safedpo.runtime import (MetricSums, StopOnSignal, check_models, check_output_dir,
+                             fill_deepspeed_config, flat_config, load_policy, log_metrics,
+                             make_accelerator, make_optimizer, prepare_output_dir,
+                             raise_if_nonfinite, require, reset_accelerate_state, resume_state,
+                             save_model, to_device)
 
 Callback = Callable[[dict], Any]
 
@@ -79,15 +81,16 @@ def sft(config: TrainConfig, examples=None, *, callbacks: list[Callback] = ()) -
 
 def _run(config: TrainConfig, objective, data: list, data_stats, callbacks) -> dict:
     check_models(config)
+    resume = check_output_dir(config)
     t_begin = time.time()
     accelerator = make_accelerator(config)
     try:
-        out, resume = prepare_output_dir(config, accelerator)
         set_seed(config.seed)
         model, tokenizer, keep_logits = load_policy(config)
         items = objective.tokenize(tokenizer, data)
         if not items:
             raise DataError("no training data (0 pairs/examples after loading)")
+        out = prepare_output_dir(config, accelerator, resume)  # the previous run goes only now
         # One optimizer step = micro-batches x processes x per-device batch.
         per_device, accum = config.per_device_train_batch_size, config.gradient_accumulation_steps
         rank, nproc = accelerator.process_index, accelerator.num_processes

@@ -165,8 +165,10 @@ def plot_frontier(rows: list[dict], path: Path, *, title: str, x_label: str,
                   y_label: str) -> list[dict]:
     """Write the helpfulness (x) versus harmless ratio (y, in %) plot of table ``rows``, one
     point with its 95% CI bars per row that has both (estimate dicts; plain numbers are exact
-    values, drawn without bars; ``row["marker"]`` "*" draws a star, e.g. the optimum). Returns the points as drawn:
-    {"label", "x", "y", "color", "pixel": (column, row) of the marker's centre in the PNG}."""
+    values, drawn without bars; ``row["marker"]`` "*" draws a star, e.g. the optimum).
+    Returns the points as drawn: {"label", "x", "y", "color", "pixel": (column, row) of the
+    marker's centre in the PNG}."""
+    # matplotlib: imported when a plot is drawn (slow to import, unused by most commands)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import to_hex
     from matplotlib.figure import Figure
