@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from safedpo.model_sources import resolve_model_source
+from safedpo.model_sources import PACKAGE_SCHEME, resolve_model_source
 
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
@@ -148,8 +148,6 @@ def load_trained(path, *, dtype=None):
     """-> (model in eval mode, tokenizer, prompt_template) from a run dir (``model/`` plus
     ``config.yaml``, whose prompt_template is used), a model dir or a peft adapter dir.
     A hub id loads as a plain model with prompt_template None."""
-    from safedpo.model_sources import PACKAGE_SCHEME
-
     if str(path).startswith(PACKAGE_SCHEME) or str(path).lower().endswith(".gguf"):
         model, tokenizer = load_model_and_tokenizer(str(path), dtype=dtype)  # a base model
         return model.eval(), tokenizer, None

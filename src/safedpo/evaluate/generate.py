@@ -15,8 +15,11 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from safedpo.data import load_prompts
 from safedpo.data.types import DataError
 from safedpo.prompts import format_prompt
+from safedpo.tokenization import encode_prompt
+from safedpo.world import World
 
 
 # ----------------------------------------------------------------------------- prompt sets
@@ -44,16 +47,12 @@ def load_prompt_records(source, *, split: str = "test", prompt_column: str = "pr
     if isinstance(source, (list, tuple)):
         items, where = list(source), "<prompts list>"
     elif str(source) == "world" or str(source).startswith("world:"):
-        from safedpo.world import World
-
         seed = int(str(source).partition(":")[2] or world_seed)
         items = [{"prompt": p.text, "harmful": p.harmful,
                   "category": list(getattr(p, "categories", ()) or [p.category] * bool(p.category))
                   or None} for p in World(seed=seed).prompts(split)]
         where = f"world:{seed} ({split} prompts)"
     else:
-        from safedpo.data import load_prompts
-
         items = load_prompts(str(source), split=split, prompt_column=prompt_column)
         where = str(source)
     records, seen = [], set()
@@ -109,8 +108,6 @@ def iter_generate(model, tokenizer, prompts: Sequence[str], *, indices: Sequence
     """
     import torch
     from tqdm.auto import tqdm
-
-    from safedpo.tokenization import encode_prompt
 
     wanted = set(range(len(prompts)) if indices is None else indices)
     starts = sorted({i // batch_size * batch_size for i in wanted})

@@ -9,7 +9,9 @@ from pathlib import Path
 from safedpo.evaluate import metrics as M
 from safedpo.evaluate.generate import (generate_to_file, load_prompt_records, read_generations,
                                        write_jsonl)
+from safedpo.evaluate.report import write_eval_report
 from safedpo.evaluate.scorers import Scorer, build_scorers, check_scorer_specs
+from safedpo.modeling import load_trained
 
 # Settings that change what is generated: a resumed run must match them. A sampled run also
 # keeps its batch size (SAMPLING_KEYS): each batch has its own seed and its samples depend on
@@ -40,8 +42,6 @@ def load_policy(model, tokenizer=None, prompt_template: str | None = None, dtype
         name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
         return model, tokenizer, prompt_template, str(name)
     import torch
-
-    from safedpo.modeling import load_trained
 
     name = str(model)
     on_gpu = torch.cuda.is_available()
@@ -180,7 +180,5 @@ def evaluate(model, prompts_source, out_dir: str | Path, *,
         result["win_rate"] = M.win_rate(mine, theirs, n_boot=n_boot)
         result["win_rate_reference"] = str(reference)
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    from safedpo.evaluate.report import write_eval_report
-
     write_eval_report(result, out_dir)
     return result

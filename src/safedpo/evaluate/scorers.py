@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from safedpo.prompts import SAFE_RLHF_TEMPLATE, format_prompt
+from safedpo.tokenization import encode_prompt
+from safedpo.world import Oracle, World
 
 KINDS = ("reward", "cost", "refusal", "flag")
 
@@ -163,8 +165,6 @@ def check_world_prompts(prompts: Iterable[str], world) -> None:
 class _OracleScorer(Scorer):
     def __init__(self, oracle=None, *, world_seed: int = 0):
         if oracle is None:
-            from safedpo.world import Oracle, World
-
             oracle = Oracle(World(seed=world_seed))
         self.oracle = oracle
 
@@ -299,8 +299,6 @@ class _ModelScorer(Scorer):
         """Token ids of the conversation. With a chat template: the whole user/assistant chat.
         Otherwise the prompt formatted like the policy's input, then the response tokenized on
         its own (so word boundaries hold for any tokenizer), then EOS if ``append_eos``."""
-        from safedpo.tokenization import encode_prompt
-
         tok = self.tokenizer
         if getattr(tok, "chat_template", None) and self.prompt_template in (None, "auto", "chat"):
             text = tok.apply_chat_template([{"role": "user", "content": prompt},
@@ -498,8 +496,6 @@ def check_scorer_specs(specs: Iterable[str], prompts: Sequence[str] | None = Non
     given, oracle scorers asked to judge prompts the synthetic world does not know."""
     specs = list(specs)
     if prompts is not None and any(spec in ORACLE_SPECS for spec in specs):
-        from safedpo.world import World
-
         check_world_prompts(prompts, World(seed=world_seed))
     for spec in specs:
         kind, _, path = spec.partition(":")

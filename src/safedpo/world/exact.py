@@ -16,6 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from safedpo.logprobs import sequence_logps
+from safedpo.prompts import format_prompt
+from safedpo.tokenization import encode_pair
 from safedpo.world import spec
 from safedpo.world.world import World, WorldPrompt
 
@@ -42,10 +45,6 @@ def response_logps(model, tokenizer, world: World, prompts: Sequence[str | World
     so these are exactly the quantities the losses push on.
     """
     import torch
-
-    from safedpo.logprobs import sequence_logps
-    from safedpo.prompts import format_prompt
-    from safedpo.tokenization import encode_pair
 
     texts = _texts(prompts)
     items = []
