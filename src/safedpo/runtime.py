@@ -20,6 +20,7 @@ from accelerate.state import AcceleratorState, GradientState
 from transformers import get_scheduler
 
 from safedpo import checkpoint as ckpt
+from safedpo import distributed
 from safedpo.config import ConfigError, TrainConfig, save_config
 from safedpo.logprobs import accepts_logits_to_keep
 from safedpo.modeling import apply_lora, check_model, load_model_and_tokenizer
@@ -104,13 +105,14 @@ def make_accelerator(config: TrainConfig):
                           "training in float32", stacklevel=3)
             mixed = "no"
     trackers = [t for t in config.report_to if t != "none"]
-    # Under torchrun on a machine without GPUs accelerate would silently run each process
-    # alone unless told it is a CPU run.
-    cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    return Accelerator(mixed_precision=mixed, cpu=cpu,
-                       gradient_accumulation_steps=config.gradient_accumulation_steps,
-                       step_scheduler_with_optimizer=False,  # stepped once per optimizer step
-                       log_with=trackers or None, project_dir=config.output_dir)
+    request = distributed.requested()
+    accelerator = Accelerator(mixed_precision=mixed,
+                              gradient_accumulation_steps=config.gradient_accumulation_steps,
+                              step_scheduler_with_optimizer=False,  # once per optimizer step
+                              log_with=trackers or None, project_dir=config.output_dir,
+                              **distributed.accelerator_kwargs(request))
+    distributed.check(accelerator, request)  # DeepSpeed/FSDP as asked, or stop
+    return accelerator
 
 
 def fill_deepspeed_config(ds_config: dict, config: TrainConfig) -> dict:
