@@ -24,6 +24,8 @@ from engine_fixtures import make_pairs, tiny_config, tiny_model
 from safetensors.torch import load_file
 
 from safedpo.cli import main as cli_main
+from safedpo.config import ConfigError
+from safedpo.distributed import Request, check, describe, requested
 from safedpo.modeling import load_model_and_tokenizer
 from safedpo.train import train
 
@@ -129,3 +131,71 @@ def test_sharded_training_equals_one_process(name, one_process, tmp_path):
                       .read_text().splitlines()] for d in ("eval", "eval-one"))
         assert got == want and len(got) == 2 and all(got)
     assert abs(metrics(one / "full")[-1]["rewards/margins"]) > 1e-3  # the policy moved
+
+
+def test_fsdp_on_cpu_stops_with_one_line_instead_of_training_as_ddp(tmp_path):
+    """The user's command, without the test helper: accelerate 1.15 resolves MULTI_CPU, so
+    `safedpo train` refuses (it used to train as plain DDP, silently)."""
+    model = tiny_model(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+         str(CONFIGS / "fsdp.yaml"), "-m", "safedpo.cli", "train", "--model_name_or_path", model,
+         "--dataset", str(TESTS / "fixtures/data/pku_v1_small.jsonl"),
+         "--output_dir", str(tmp_path / "run")],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert ("safedpo train: error: the launcher asked for FSDP on 2 processes but accelerate "
+            "resolved MULTI_CPU: accelerate 1.15") in proc.stderr
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def fake_accelerator(kind, num_processes=2, fsdp_version=2):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    plugin = SimpleNamespace(fsdp_version=fsdp_version)
+    return SimpleNamespace(distributed_type=DistributedType[kind], num_processes=num_processes,
+                           state=SimpleNamespace(fsdp_plugin=plugin))
+
+
+@pytest.mark.parametrize("env, want", [
+    ({}, Request("NO", 1)),
+    ({"WORLD_SIZE": "2"}, Request("DDP", 2)),
+    ({"WORLD_SIZE": "4", "ACCELERATE_USE_DEEPSPEED": "true",
+      "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, Request("DEEPSPEED", 4, 3)),
+    ({"WORLD_SIZE": "2", "ACCELERATE_USE_FSDP": "true"}, Request("FSDP", 2)),
+])
+def test_the_request_is_read_from_what_accelerate_launch_exports(env, want, monkeypatch):
+    for key in ("WORLD_SIZE", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE",
+                "ACCELERATE_USE_FSDP"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert requested() == want
+
+
+def test_a_run_that_is_not_what_was_asked_for_stops(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    with pytest.raises(ConfigError, match="asked for DEEPSPEED on 2 processes but accelerate "
+                                          "resolved MULTI_CPU: use_cpu: true"):
+        check(fake_accelerator("MULTI_CPU"), Request("DEEPSPEED", 2, 3))
+    with pytest.raises(ConfigError, match="started 2 processes but accelerate counts 1 "
+                                          r"\(NO\): each process would train alone"):
+        check(fake_accelerator("NO", num_processes=1), Request("DDP", 2))
+    check(fake_accelerator("MULTI_CPU"), Request("DDP", 2))  # DDP on CPU is DDP
+    check(fake_accelerator("DEEPSPEED"), Request("DEEPSPEED", 2, 3))
+
+    from types import SimpleNamespace
+    engine = SimpleNamespace(zero_optimization_stage=lambda: 2)
+    with pytest.raises(ConfigError, match="asked for ZeRO stage 3 but DeepSpeed runs stage 2"):
+        describe(fake_accelerator("DEEPSPEED"), engine, Request("DEEPSPEED", 2, 3))
+    assert describe(fake_accelerator("DEEPSPEED"), engine, Request("DEEPSPEED", 2, 2)) == \
+        {"type": "DEEPSPEED", "zero_stage": 2, "num_processes": 2}
+    unsharded = torch.nn.Linear(2, 2)
+    with pytest.raises(ConfigError, match="parameters are not sharded"):
+        describe(fake_accelerator("FSDP"), unsharded, Request("FSDP", 2))
+    assert describe(fake_accelerator("NO", 1), unsharded, Request("NO", 1)) == \
+        {"type": "NO", "num_processes": 1}
