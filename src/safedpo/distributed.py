@@ -13,7 +13,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import accelerate
 import torch
+from accelerate.utils import InitProcessGroupKwargs
+from torch.distributed.tensor import DTensor
 
 from safedpo.config import ConfigError
 
@@ -51,16 +54,12 @@ def accelerator_kwargs(request: Request) -> dict:
     if request.num_processes <= 1 or torch.cuda.is_available():
         return {}
     if request.kind == "DEEPSPEED":
-        from accelerate.utils import InitProcessGroupKwargs
-
         return {"kwargs_handlers": [InitProcessGroupKwargs(backend="gloo")]}
     return {"cpu": True}
 
 
 def check(accelerator, request: Request) -> None:
     """ConfigError unless accelerate resolved the requested distributed type and size."""
-    import accelerate
-
     got = accelerator.distributed_type.name
     asked = f"{request.kind} on {request.num_processes} processes"
     if request.kind in ("DEEPSPEED", "FSDP") and got != request.kind:
@@ -92,8 +91,6 @@ def describe(accelerator, model, request: Request) -> dict:
                               f"DeepSpeed runs stage {got['zero_stage']}: check zero_stage in "
                               "the accelerate/DeepSpeed config")
     elif got["type"] == "FSDP":
-        from torch.distributed.tensor import DTensor
-
         got["fsdp_version"] = accelerator.state.fsdp_plugin.fsdp_version
         if got["fsdp_version"] == 2 and not all(isinstance(p, DTensor)
                                                 for p in model.parameters()):
