@@ -17,7 +17,7 @@ _init = AcceleratorState.__init__
 
 def _init_fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs):
     _init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
-    if fsdp_plugin is not None and self.device.type == "cpu":
+    if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
         self.distributed_type = PartialState._shared_state["distributed_type"] = \
             DistributedType.FSDP
         self.fsdp_plugin = fsdp_plugin

@@ -138,8 +138,10 @@ def fill_deepspeed_config(ds_config: dict, config: TrainConfig) -> dict:
 
 
 def reset_accelerate_state():
-    """Let a later train()/sft() in this process pick its own precision and accumulation."""
-    AcceleratorState._reset_state(reset_partial_state=False)
+    """Let a later train()/sft() in this process pick its own precision and accumulation,
+    and its distributed type: AcceleratorState wrote FSDP into the shared PartialState, and an
+    Accelerator built on that skips its FSDP set-up. The process group stays (see _run)."""
+    AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
 
 
