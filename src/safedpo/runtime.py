@@ -20,6 +20,7 @@ from accelerate.state import AcceleratorState, GradientState
 from transformers import get_scheduler
 
 from safedpo import checkpoint as ckpt
+from safedpo import distributed
 from safedpo.config import ConfigError, TrainConfig, save_config
 from safedpo.logprobs import accepts_logits_to_keep
 from safedpo.modeling import apply_lora, check_model, load_model_and_tokenizer
@@ -104,13 +105,14 @@ def make_accelerator(config: TrainConfig):
                           "training in float32", stacklevel=3)
             mixed = "no"
     trackers = [t for t in config.report_to if t != "none"]
-    # Under torchrun on a machine without GPUs accelerate would silently run each process
-    # alone unless told it is a CPU run.
-    cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    return Accelerator(mixed_precision=mixed, cpu=cpu,
-                       gradient_accumulation_steps=config.gradient_accumulation_steps,
-                       step_scheduler_with_optimizer=False,  # stepped once per optimizer step
-                       log_with=trackers or None, project_dir=config.output_dir)
+    request = distributed.requested()
+    accelerator = Accelerator(mixed_precision=mixed,
+                              gradient_accumulation_steps=config.gradient_accumulation_steps,
+                              step_scheduler_with_optimizer=False,  # once per optimizer step
+                              log_with=trackers or None, project_dir=config.output_dir,
+                              **distributed.accelerator_kwargs(request))
+    distributed.check(accelerator, request)  # DeepSpeed/FSDP as asked, or stop
+    return accelerator
 
 
 def fill_deepspeed_config(ds_config: dict, config: TrainConfig) -> dict:
@@ -136,8 +138,10 @@ def fill_deepspeed_config(ds_config: dict, config: TrainConfig) -> dict:
 
 
 def reset_accelerate_state():
-    """Let a later train()/sft() in this process pick its own precision and accumulation."""
-    AcceleratorState._reset_state(reset_partial_state=False)
+    """Let a later train()/sft() in this process pick its own precision and accumulation,
+    and its distributed type: AcceleratorState wrote FSDP into the shared PartialState, and an
+    Accelerator built on that skips its FSDP set-up. The process group stays (see _run)."""
+    AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
 
 

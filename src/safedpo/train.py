@@ -2,7 +2,8 @@
 objectives live in ``safedpo.objectives``, everything around the loop in ``safedpo.runtime``.
 
 One run, top to bottom (``_run``):
-1. An ``Accelerator`` (DDP / DeepSpeed / FSDP come from ``accelerate launch``; bf16 autocast
+1. An ``Accelerator`` (DDP / DeepSpeed / FSDP come from ``accelerate launch``, and the run
+   stops if accelerate resolved anything else, see ``safedpo.distributed``; bf16 autocast
    where the device supports it; gradient accumulation).
 2. The model sources and the run dir are checked (a previous run is never overwritten
    silently; resuming is explicit).
@@ -19,7 +20,8 @@ One run, top to bottom (``_run``):
    to metrics.jsonl and trackers; a non-finite loss stops the run with an error (the last
    checkpoint, checked finite when saved, is kept). Every ``save_steps``: a checkpoint.
    SIGINT/SIGTERM: a checkpoint, then return (``summary["interrupted"]`` is True).
-7. ``model/`` (full model or LoRA adapter, safetensors, + tokenizer) and train_summary.json.
+7. ``model/`` (full model or LoRA adapter, safetensors, + tokenizer) and train_summary.json
+   (with what really ran: ``"distributed": {"type": "DEEPSPEED", "zero_stage": 3, ...}``).
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ from typing import Any, Callable
 
 import torch
 from accelerate.utils import set_seed
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from safedpo import checkpoint as ckpt
+from safedpo import distributed
 from safedpo.config import TrainConfig, validate
 from safedpo.data import DataError, load_pairs, load_sft_examples, require_pairs
 from safedpo.objectives import PreferenceObjective, RunContext, SFTObjective
@@ -102,6 +106,7 @@ def _run(config: TrainConfig, objective, data: list, data_stats, callbacks) -> d
         if accelerator.state.deepspeed_plugin is not None:  # no DataLoader tells it the batch
             fill_deepspeed_config(accelerator.state.deepspeed_plugin.deepspeed_config, config)
         model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        ran = distributed.describe(accelerator, model, distributed.requested())
         run = RunContext(config, accelerator, model, tokenizer, items, keep_logits, out)
         t_train = time.time()
         objective.prepare(run)  # before resuming: the policy still has its initial weights
@@ -135,6 +140,8 @@ def _run(config: TrainConfig, objective, data: list, data_stats, callbacks) -> d
                         if accelerator.sync_gradients and config.max_grad_norm:
                             norm = accelerator.clip_grad_norm_(model.parameters(),
                                                                config.max_grad_norm)
+                            if isinstance(norm, DTensor):  # FSDP2: replicated on all
+                                norm = norm.full_tensor()
                             if norm is not None:
                                 stats["grad_norm"] = (torch.as_tensor(norm).float(), 1)
                         optimizer.step()  # a no-op until the last micro-batch
@@ -180,14 +187,17 @@ def _run(config: TrainConfig, objective, data: list, data_stats, callbacks) -> d
                    "global_step": state["global_step"], "max_steps": total_steps,
                    "num_tokens": state["num_tokens"], "interrupted": interrupted,
                    "final": last, "num_examples": len(items), "steps_per_epoch": steps_per_epoch,
-                   "output_dir": str(out),
+                   "output_dir": str(out), "distributed": ran,
                    "model_dir": None if interrupted else str(out / "model"), "data": data_stats}
         if accelerator.is_main_process:
             (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
         accelerator.wait_for_everyone()
         return summary
     finally:
-        accelerator.end_training()
+        # Not end_training(): it also closes the process group, which later runs in these
+        # processes (a sweep or comparison under `accelerate launch`) still need.
+        for tracker in accelerator.trackers:
+            tracker.finish()
         reset_accelerate_state()
 
 
