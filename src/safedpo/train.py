@@ -1,12 +1,13 @@
 """The training loop: preference losses (SafeDPO, DPO, baselines) and SFT share it. The
 objectives live in ``safedpo.objectives``, everything around the loop in ``safedpo.runtime``.
 
-One run, top to bottom (``_run``):
+One run, top to bottom (``run_objective``):
 1. An ``Accelerator`` (DDP / DeepSpeed / FSDP come from ``accelerate launch``; bf16 autocast
    where the device supports it; gradient accumulation).
 2. The run dir is checked (a previous run is never overwritten silently; resuming is explicit)
    and the resolved ``config.yaml`` written.
-3. Model + tokenizer load (LoRA optional); the data is tokenized once and kept in memory.
+3. Model + tokenizer load (the objective's ``load_model``: the policy, LoRA optional; a
+   sequence classifier for ``safedpo rm``/``cm``); the data is tokenized once, kept in memory.
 4. The objective prepares itself. For preference losses that means the reference: log-probs
    cached on disk (``precompute_ref_log_probs``, computed once with the initial policy or the
    reference model), else per batch from the adapter-disabled policy (LoRA) or a frozen model.
@@ -34,13 +35,13 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from safedpo import checkpoint as ckpt
-from safedpo.config import TrainConfig, validate
+from safedpo.config import SAFERLHF, ConfigError, TrainConfig, validate
 from safedpo.data import load_pairs, load_sft_examples
 from safedpo.objectives import PreferenceObjective, RunContext, SFTObjective
 from safedpo.runtime import (MetricSums, StopOnSignal, fill_deepspeed_config, flat_config,
-                             load_policy, log_metrics, make_accelerator, make_optimizer,
-                             prepare_output_dir, raise_if_nonfinite, require,
-                             reset_accelerate_state, resume_state, save_model, to_device)
+                             log_metrics, make_accelerator, make_optimizer, prepare_output_dir,
+                             raise_if_nonfinite, require, reset_accelerate_state, resume_state,
+                             save_model, to_device)
 
 Callback = Callable[[dict], Any]
 
@@ -50,6 +51,9 @@ def train(config: TrainConfig, pairs=None, *, callbacks: list[Callback] = ()) ->
     or None to load ``config.dataset`` with ``config.view``. Returns the train summary.
     ``callbacks`` are called with each logged metrics dict (on every process)."""
     validate(config)  # a config built in code is checked as a resolved one is
+    if config.loss_type == SAFERLHF:
+        raise ConfigError("loss_type saferlhf is PPO-Lagrangian: run it with safedpo saferlhf "
+                          "(safedpo.saferlhf.train), not safedpo train")
     stats = None
     if pairs is None:
         require(config.dataset, "dataset")
@@ -57,7 +61,7 @@ def train(config: TrainConfig, pairs=None, *, callbacks: list[Callback] = ()) ->
             config.dataset, view=config.view, split=config.dataset_split,
             config_name=config.dataset_config, column_map=config.column_map,
             skip_invalid=config.skip_invalid, keep_both_unsafe=config.keep_both_unsafe)
-    return _run(config, PreferenceObjective(config), list(pairs), stats, callbacks)
+    return run_objective(config, PreferenceObjective(config), list(pairs), stats, callbacks)
 
 
 def sft(config: TrainConfig, examples=None, *, callbacks: list[Callback] = ()) -> dict:
@@ -69,19 +73,20 @@ def sft(config: TrainConfig, examples=None, *, callbacks: list[Callback] = ()) -
         examples = load_sft_examples(config.dataset, split=config.dataset_split,
                                      prompt_column=config.prompt_column,
                                      response_column=config.response_column)
-    return _run(config, SFTObjective(config), list(examples), None, callbacks)
+    return run_objective(config, SFTObjective(config), list(examples), None, callbacks)
 
 
 # --- the loop -------------------------------------------------------------------------------
 
-def _run(config: TrainConfig, objective, data: list, data_stats, callbacks) -> dict:
+def run_objective(config: TrainConfig, objective, data: list, data_stats,
+                  callbacks) -> dict:
     require(config.model_name_or_path, "model_name_or_path")
     t_begin = time.time()
     accelerator = make_accelerator(config)
     try:
         out, resume = prepare_output_dir(config, accelerator)
         set_seed(config.seed)
-        model, tokenizer, keep_logits = load_policy(config)
+        model, tokenizer, keep_logits = objective.load_model(config)
         items = objective.tokenize(tokenizer, data)
         if not items:
             raise ValueError("no training data (0 pairs/examples after loading)")
