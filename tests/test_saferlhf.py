@@ -272,6 +272,10 @@ def test_saferlhf_cli_errors_are_one_line(world_sft, tmp_path, capsys):
     assert err.startswith("safedpo saferlhf: error:") and "lambda" in err and "\n" not in err
     with pytest.raises(SystemExit):
         main(["train", "--kl_coef", "0.1"])  # PPO options belong to saferlhf only
+    code = main(["train", "--model_name_or_path", str(root / "sft"), "--dataset",
+                 str(paths["train"]), "--output_dir", str(tmp_path / "y"), "--loss_type",
+                 "saferlhf"])
+    assert code == 2 and "run it with safedpo saferlhf" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="multiple of num_mini_batches"):
         train(ppo_config(root, paths, "bad", per_device_train_batch_size=6, num_mini_batches=4,
                          max_steps=1))
