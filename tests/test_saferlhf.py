@@ -248,16 +248,19 @@ def test_saferlhf_trains_its_score_models_when_none_are_given(world_sft):
     _, root, paths = world_sft
     cfg = ppo_config(root, paths, "full", reward_model_path=None, cost_model_path=None,
                      per_device_train_batch_size=8, max_steps=1,
-                     score_model_overrides={"num_train_epochs": 0.1, "learning_rate": 1e-3})
+                     score_model_overrides={"num_train_epochs": 0.1, "learning_rate": 1e-3,
+                                            "per_device_train_batch_size": 4})
     summary = train(cfg)
     assert set(summary["score_models"]) == {"reward", "cost"}
-    # Their own length: ceil(0.1 x ceil(300 pairs / 8)) = 4 steps, not the PPO's max_steps 1.
-    assert {r["global_step"] for r in summary["score_models"].values()} == {4}
+    # Their own length: ceil(0.1 x ceil(300 pairs / 4)) = 8 steps, not the PPO's max_steps 1.
+    assert {r["global_step"] for r in summary["score_models"].values()} == {8}
     assert summary["cost_model"] == str(root / "full" / "cost_model" / "model")
     assert summary["train_seconds"] == pytest.approx(
         summary["ppo_seconds"] + sum(r["train_seconds"] for r in summary["score_models"].values()))
-    # Four score-model steps of 8 pairs = 64 rows each way, per model, on top of PPO's.
+    # Eight score-model steps of 4 pairs (their batch, not PPO's 8 prompts) = 64 rows each
+    # way, per model, on top of PPO's.
     assert summary["passes"]["backward"] == summary["ppo_passes"]["backward"] + 2 * 64
+    assert summary["passes"]["forward"] == summary["ppo_passes"]["forward"] + 2 * 64
 
 
 def test_saferlhf_cli_errors_are_one_line(world_sft, tmp_path, capsys):

@@ -52,11 +52,15 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import yaml
+from accelerate import PartialState
+from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import GenerationConfig
 
 from safedpo import checkpoint as ckpt
-from safedpo.config import ConfigError, TrainConfig, coerce
+from safedpo.config import SAFERLHF, ConfigError, TrainConfig, coerce
 from safedpo.data import load_rows
 from safedpo.evaluate.scorers import OracleCostScorer, OracleRewardScorer, load_model_scorer
 from safedpo.logprobs import token_logps
@@ -214,8 +218,6 @@ def answer_mask(response: torch.Tensor, eos_id: int) -> torch.Tensor:
 def rollout(model, reference, tokenizer, prompts: list[str], prompt_ids: list[list[int]],
             scorers, config: TrainConfig, device, counts: dict) -> dict:
     """Sample one answer per prompt and score it. -> tensors of the batch (see the keys)."""
-    from transformers import GenerationConfig
-
     c = config
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     ids, attn = (t.to(device) for t in _left_pad(prompt_ids, pad_id))
@@ -293,19 +295,19 @@ def _score_models(config: TrainConfig, out: Path, resuming: bool) -> tuple[dict,
     return paths, summaries
 
 
-def _score_model_passes(summary: dict, config: TrainConfig) -> dict:
-    """Sequences through a score model's forward and backward: 2 per pair per step."""
-    rows = 2 * summary["global_step"] * config.per_device_train_batch_size
+def _score_model_passes(summary: dict) -> dict:
+    """Sequences through a score model's forward and backward: 2 per pair of each step's
+    batch (its own batch size, from its run's config.yaml; one process)."""
+    run = yaml.safe_load((Path(summary["output_dir"]) / "config.yaml").read_text())
+    rows = 2 * summary["global_step"] * run["per_device_train_batch_size"] \
+        * run["gradient_accumulation_steps"]
     return {"forward": rows, "backward": rows}
 
 
 def train(config: TrainConfig, *, callbacks=()) -> dict:
     """PPO-Lagrangian from ``model_name_or_path`` on the prompts of ``dataset``; -> the train
     summary (``train_seconds`` includes the reward/cost models it trained)."""
-    from accelerate import PartialState
-    from accelerate.utils import set_seed
-
-    config = dataclasses.replace(config, loss_type="saferlhf")
+    config = dataclasses.replace(config, loss_type=SAFERLHF)
     require(config.model_name_or_path, "model_name_or_path")
     require(config.dataset, "dataset")
     t_begin = time.time()
@@ -401,7 +403,7 @@ def train(config: TrainConfig, *, callbacks=()) -> dict:
             save_model(accelerator, unwrapped.policy, tokenizer, out, config)
         passes = dict(state["passes"])
         for run in score_runs.values():
-            for k, v in _score_model_passes(run, config).items():
+            for k, v in _score_model_passes(run).items():
                 passes[k] += v
         summary = {"train_seconds": state["train_seconds"] + sum(
                        r["train_seconds"] for r in score_runs.values()),
