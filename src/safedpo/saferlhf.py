@@ -108,7 +108,8 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 def combined_advantage(reward_adv: torch.Tensor, cost_adv: torch.Tensor,
                        lagrange: float) -> torch.Tensor:
-    """Safe RLHF's actor advantage: (A_r - lambda A_c) / (1 + lambda)."""
+    """Safe RLHF's actor advantage (the Lagrangian's, Dai et al. 2023 Sec. 3.3, scaled by
+    1 / (1 + lambda) as safe-rlhf's PPO-Lagrangian does): (A_r - lambda A_c) / (1 + lambda)."""
     return (reward_adv - lagrange * cost_adv) / (1.0 + lagrange)
 
 
@@ -136,8 +137,9 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
 
 def update_lambda(lagrange: float, mean_cost: float, threshold: float, lr: float,
                   lambda_max: float | None = None) -> float:
-    """One projected gradient-ascent step on the Lagrangian's multiplier: its gradient is the
-    constraint violation E[c] - threshold; lambda stays in [0, lambda_max]."""
+    """One projected gradient-ascent step on the Lagrangian's multiplier (Dai et al. 2023,
+    Sec. 3.3): its gradient is the constraint violation E[c] - threshold; lambda stays in
+    [0, lambda_max]."""
     value = max(0.0, lagrange + lr * (mean_cost - threshold))
     return value if lambda_max is None else min(value, lambda_max)
 
