@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from safedpo.config import FIELDS, ConfigError, TrainConfig, load_config, parse_overrides
+from safedpo.config import (FIELDS, SAFERLHF_FIELDS, ConfigError, TrainConfig, load_config,
+                            parse_overrides)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -117,6 +118,11 @@ def test_cli_options_cover_every_field_and_parse(capsys):
     with pytest.raises(SystemExit):
         build_parser(["train", "--help"]).parse_args(["train", "--help"])
     text = capsys.readouterr().out
-    missing = [k for k in FIELDS if f"--{k}" not in text]
+    missing = [k for k in FIELDS if f"--{k}" not in text and k not in SAFERLHF_FIELDS]
     assert not missing
     assert "KL strength beta" in text
+    assert "--kl_coef" not in text  # PPO options are saferlhf's only
+    with pytest.raises(SystemExit):
+        build_parser(["saferlhf", "--help"]).parse_args(["saferlhf", "--help"])
+    text = capsys.readouterr().out
+    assert [k for k in FIELDS if f"--{k}" not in text] == []

@@ -14,6 +14,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("safedpo.data.cli", "show what the safety transformation does to a dataset"),
     "sft": ("safedpo.cli_train", "supervised fine-tuning: make the reference model"),
     "train": ("safedpo.cli_train", "train a policy with SafeDPO, DPO or a baseline loss"),
+    "rm": ("safedpo.cli_train", "train a reward model (Bradley-Terry on better_response_id)"),
+    "cm": ("safedpo.cli_train", "train a cost model (safer_response_id + safety labels; "
+                                "cost > 0 = unsafe)"),
+    "saferlhf": ("safedpo.cli_train", "Safe RLHF: PPO-Lagrangian with a reward and a cost model"),
     "sacpo": ("safedpo.compare", "SACPO: DPO on helpfulness, then on harmlessness"),
     "sweep": ("safedpo.compare", "train one method over several values of Delta"),
     "eval": ("safedpo.evaluate.cli", "generate answers for a prompt set and score them"),

@@ -1,13 +1,15 @@
-"""``safedpo train`` and ``safedpo sft``: a YAML config plus one documented option per
-TrainConfig field, resolved by ``safedpo.config.resolve``."""
+"""``safedpo train``, ``sft``, ``rm``, ``cm`` and ``saferlhf``: a YAML config plus one
+documented option per TrainConfig field, resolved by ``safedpo.config.resolve``."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
-from safedpo.config import ConfigError, add_config_options, args_layer, file_layer, resolve
+from safedpo.config import (SAFERLHF_FIELDS, ConfigError, add_config_options, args_layer,
+                            file_layer, resolve)
 from safedpo.data.types import DataError
 from safedpo.model_sources import MissingPackageError
 
@@ -16,7 +18,20 @@ _EXAMPLES = {
              "--model_name_or_path runs/sft/model --dataset data/train.jsonl --beta 0.05",
     "sft": "example: safedpo sft --config configs/tiny-cpu.yaml "
            "--model_name_or_path tiny-model --dataset data/sft.jsonl --output_dir runs/sft",
+    "rm": "example: safedpo rm --model_name_or_path runs/sft/model --dataset data/train.jsonl "
+          "--output_dir runs/rm (then: safedpo eval --scorers reward:runs/rm/model)",
+    "cm": "example: safedpo cm --model_name_or_path runs/sft/model --dataset data/train.jsonl "
+          "--output_dir runs/cm (then: safedpo eval --scorers cost:runs/cm/model)",
+    "saferlhf": "example: safedpo saferlhf --config configs/saferlhf-tiny.yaml "
+                "--model_name_or_path runs/sft/model --dataset data/train.jsonl "
+                "(reward/cost models: --reward_model_path runs/rm/model --cost_model_path "
+                "runs/cm/model, or none to train both first)",
 }
+# command -> (module, function(config) -> train summary), imported when a run starts.
+_RUNNERS = {"sft": ("safedpo.train", "sft"), "train": ("safedpo.train", "train"),
+            "rm": ("safedpo.reward_models", "train_reward_model"),
+            "cm": ("safedpo.reward_models", "train_cost_model"),
+            "saferlhf": ("safedpo.saferlhf", "train")}
 
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
@@ -28,7 +43,7 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, metavar="YAML",
                         help="config file (e.g. configs/tiny-cpu.yaml); default: built-in "
                              "defaults (the paper's hyperparameters)")
-    add_config_options(parser)
+    add_config_options(parser, skip=() if name == "saferlhf" else SAFERLHF_FIELDS)
 
 
 def config_from_args(args: argparse.Namespace):
@@ -38,13 +53,13 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(name: str, args: argparse.Namespace) -> int:
-    # The engine imports torch, transformers and accelerate: only when a run starts, so that
+    # The engines import torch, transformers and accelerate: only when a run starts, so that
     # `safedpo train --help` stays fast.
-    from safedpo import train as engine
-
+    module, function = _RUNNERS[name]
+    runner = getattr(importlib.import_module(module), function)
     try:
         config = config_from_args(args)
-        summary = (engine.sft if name == "sft" else engine.train)(config)
+        summary = runner(config)
     except (ConfigError, DataError, OSError, MissingPackageError) as e:
         # OSError: a model or file that cannot be found/loaded (transformers' hub errors too)
         print(f"safedpo {name}: error: {e}", file=sys.stderr)

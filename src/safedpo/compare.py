@@ -53,10 +53,11 @@ from typing import Any
 
 from accelerate import PartialState
 
+from safedpo import saferlhf
 from safedpo import train as engine
 from safedpo.checkpoint import weights_fingerprint
-from safedpo.config import (FIELDS, ConfigError, Layer, add_config_options, args_layer,
-                            check_keys, parse_overrides, read_yaml, resolve)
+from safedpo.config import (FIELDS, SAFERLHF, ConfigError, Layer, add_config_options,
+                            args_layer, check_keys, parse_overrides, read_yaml, resolve)
 from safedpo.evaluate import runner
 from safedpo.evaluate.report import ReportSection, write_report
 
@@ -274,6 +275,9 @@ def train_key(config) -> dict:
     """What the trained model depends on: the resolved config and the input files."""
     cfg = {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_KEY}
     ref = config.ref_model_name_or_path
+    if config.loss_type == SAFERLHF:  # its reward/cost models are inputs too
+        cfg["score_models"] = {k: _path_fingerprint(getattr(config, k))
+                               for k in ("reward_model_path", "cost_model_path")}
     return {"config": cfg,
             "model": weights_fingerprint(config.model_name_or_path, config.gguf_file),
             "ref_model": weights_fingerprint(ref) if ref and ref != config.model_name_or_path
@@ -360,7 +364,12 @@ def train_stage(stage: Stage, *, force: bool = False, done: dict | None = None
             return summary, True
     config.overwrite_output_dir = True  # our own previous run of this stage, now stale
     (stage.run_dir / KEY_FILE).unlink(missing_ok=True)  # a crash must not leave a stale key
-    summary = (engine.sft if stage.objective == "sft" else engine.train)(config)
+    if stage.objective == "sft":
+        summary = engine.sft(config)
+    elif config.loss_type == SAFERLHF:  # PPO-Lagrangian, not a preference loss: its own loop
+        summary = saferlhf.train(config)
+    else:
+        summary = engine.train(config)
     if summary.get("interrupted"):
         raise KeyboardInterrupt(f"training of {stage.run_dir} was interrupted at step "
                                 f"{summary['global_step']} (checkpoint in "

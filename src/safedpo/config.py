@@ -112,6 +112,34 @@ class TrainConfig:
         False, "compute reference log-probs once before training and cache them on disk")
     ref_cache_dir: str | None = _f(
         None, "where cached reference log-probs live (None = OUTPUT_DIR/ref_cache)")
+    # --- Safe RLHF (safedpo saferlhf: PPO-Lagrangian; names follow TRL's PPOConfig) ---
+    reward_model_path: str | None = _f(
+        None, "saferlhf: reward model (sequence classifier or safe-rlhf score model, dir or hub "
+        "id; 'oracle' = the synthetic world's true reward); None = train one first (safedpo rm)")
+    cost_model_path: str | None = _f(
+        None, "saferlhf: cost model (cost > 0 = unsafe; same formats, 'oracle' too); "
+        "None = train one first (safedpo cm)")
+    score_model_overrides: dict[str, Any] = _f(
+        {}, "saferlhf: config values for the reward/cost model runs it trains, e.g. "
+        "{learning_rate: 1e-3, optim: adamw_torch}; the rest is this config's, except "
+        "max_steps (they run num_train_epochs unless given)")
+    response_length: int = _f(53, "saferlhf: max new tokens per rollout answer")
+    temperature: float = _f(1.0, "saferlhf: sampling temperature of the rollouts")
+    kl_coef: float = _f(0.05, "saferlhf: weight of the per-token KL penalty to the reference")
+    cliprange: float = _f(0.2, "saferlhf: PPO ratio clip range epsilon")
+    cliprange_value: float = _f(0.2, "saferlhf: value clip range around the rollout's values")
+    vf_coef: float = _f(0.1, "saferlhf: weight of the value (critic) loss")
+    gamma: float = _f(1.0, "saferlhf: discount factor")
+    lam: float = _f(0.95, "saferlhf: GAE lambda")
+    num_ppo_epochs: int = _f(4, "saferlhf: passes over each rollout batch")
+    num_mini_batches: int = _f(
+        1, "saferlhf: mini-batches per rollout batch (optimizer steps per PPO epoch)")
+    score_clip: float | None = _f(50.0, "saferlhf: clip reward and cost scores to +-this")
+    cost_threshold: float = _f(0.0, "saferlhf: the constraint: mean episode cost <= this")
+    lambda_init: float = _f(1.0, "saferlhf: initial Lagrange multiplier lambda >= 0")
+    lambda_lr: float = _f(
+        0.1, "saferlhf: step of lambda's gradient ascent per unit of constraint violation")
+    lambda_max: float | None = _f(None, "saferlhf: upper bound on lambda (None = none)")
     # --- logging / saving ---
     logging_steps: int = _f(10, "log metrics every N optimizer steps")
     save_steps: int = _f(500, "save a checkpoint every N optimizer steps (0 = only at the end)")
@@ -135,6 +163,12 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 def field_help(name: str) -> str:
     return FIELDS[name].metadata.get("help", "")
+
+
+# Read by safedpo saferlhf only (its --help shows them; train/sft/rm/cm do not).
+SAFERLHF_FIELDS = tuple(n for n in FIELDS if field_help(n).startswith("saferlhf:"))
+# loss_type of Safe RLHF: PPO-Lagrangian (safedpo saferlhf), not a preference loss of LOSSES.
+SAFERLHF = "saferlhf"
 
 
 def strip_optional(tp) -> tuple[Any, bool]:
@@ -362,8 +396,17 @@ def validate(config: TrainConfig) -> None:
         bad(f"view: {e}")
     if config.column_map:
         check_keys(config.column_map, COLUMN_NAMES, "column_map", noun="PKU-SafeRLHF column")
+    if config.lambda_init < 0 or config.lambda_lr < 0:
+        bad("lambda_init and lambda_lr must be >= 0 (lambda is a Lagrange multiplier)")
+    if config.num_ppo_epochs < 1 or config.num_mini_batches < 1 or config.response_length < 1:
+        bad("num_ppo_epochs, num_mini_batches and response_length must be >= 1")
+    if config.temperature <= 0:
+        bad(f"temperature must be > 0, got {config.temperature}")
+    if config.loss_type == SAFERLHF:
+        return
     if config.loss_type not in LOSSES:
-        bad(f"unknown loss_type '{config.loss_type}'; choose one of {', '.join(LOSSES)}")
+        bad(f"unknown loss_type '{config.loss_type}'; choose one of {', '.join(LOSSES)} "
+            f"(or {SAFERLHF}: Safe RLHF, with safedpo saferlhf)")
     try:
         check_loss_kwargs(config.loss_type, config.loss_kwargs)
     except ValueError as e:

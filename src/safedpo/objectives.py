@@ -20,7 +20,7 @@ from safedpo.config import ConfigError, TrainConfig
 from safedpo.logprobs import accepts_logits_to_keep, sequence_logps_and_counts
 from safedpo.losses import LOSSES
 from safedpo.modeling import load_model_and_tokenizer
-from safedpo.runtime import to_device
+from safedpo.runtime import load_policy, to_device
 from safedpo.tokenization import collate_pairs, collate_sft, tokenize_pairs, tokenize_sft
 
 @dataclass
@@ -43,6 +43,10 @@ class Objective:
 
     def __init__(self, config: TrainConfig):
         self.config = config
+
+    def load_model(self, config: TrainConfig):
+        """-> (model, tokenizer, whether it takes ``logits_to_keep``): the causal LM policy."""
+        return load_policy(config)
 
     def tokenize(self, tokenizer, examples):
         c = self.config

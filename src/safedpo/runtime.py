@@ -137,10 +137,14 @@ def fill_deepspeed_config(ds_config: dict, config: TrainConfig) -> dict:
     return ds_config
 
 
-def reset_accelerate_state():
-    """Let a later train()/sft() in this process pick its own precision and accumulation,
-    and its distributed type: AcceleratorState wrote FSDP into the shared PartialState, and an
-    Accelerator built on that skips its FSDP set-up. The process group stays (see _run)."""
+def end_run(accelerator):
+    """Close the trackers and reset accelerate's shared state, so that a later run in this
+    process picks its own precision, accumulation and distributed type (AcceleratorState
+    wrote FSDP into the shared PartialState, and an Accelerator built on that skips its FSDP
+    set-up). Not ``end_training()``: it also closes the process group, which later runs in
+    these processes (a sweep or comparison under ``accelerate launch``) still need."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
 

@@ -1,13 +1,14 @@
 """The training loop: preference losses (SafeDPO, DPO, baselines) and SFT share it. The
 objectives live in ``safedpo.objectives``, everything around the loop in ``safedpo.runtime``.
 
-One run, top to bottom (``_run``):
+One run, top to bottom (``run_objective``):
 1. An ``Accelerator`` (DDP / DeepSpeed / FSDP come from ``accelerate launch``, and the run
    stops if accelerate resolved anything else, see ``safedpo.distributed``; bf16 autocast
    where the device supports it; gradient accumulation).
 2. The model sources and the run dir are checked (a previous run is never overwritten
    silently; resuming is explicit).
-3. Model + tokenizer load (LoRA optional); the data is tokenized once and kept in memory.
+3. Model + tokenizer load (the objective's ``load_model``: the policy, LoRA optional; a
+   sequence classifier for ``safedpo rm``/``cm``); the data is tokenized once, kept in memory.
    Only then are a replaced run's files removed and the resolved ``config.yaml`` written.
 4. The objective prepares itself. For preference losses that means the reference: log-probs
    cached on disk (``precompute_ref_log_probs``, computed once with the initial policy or the
@@ -39,14 +40,13 @@ from tqdm.auto import tqdm
 
 from safedpo import checkpoint as ckpt
 from safedpo import distributed
-from safedpo.config import TrainConfig, validate
+from safedpo.config import SAFERLHF, ConfigError, TrainConfig, validate
 from safedpo.data import DataError, load_pairs, load_sft_examples, require_pairs
 from safedpo.objectives import PreferenceObjective, RunContext, SFTObjective
 from safedpo.runtime import (MetricSums, StopOnSignal, check_models, check_output_dir,
-                             fill_deepspeed_config, flat_config, load_policy, log_metrics,
+                             end_run, fill_deepspeed_config, flat_config, log_metrics,
                              make_accelerator, make_optimizer, prepare_output_dir,
-                             raise_if_nonfinite, require, reset_accelerate_state, resume_state,
-                             save_model, to_device)
+                             raise_if_nonfinite, require, resume_state, save_model, to_device)
 
 Callback = Callable[[dict], Any]
 
@@ -56,6 +56,9 @@ def train(config: TrainConfig, pairs=None, *, callbacks: list[Callback] = ()) ->
     or None to load ``config.dataset`` with ``config.view``. Returns the train summary.
     ``callbacks`` are called with each logged metrics dict (on every process)."""
     validate(config)  # a config built in code is checked as a resolved one is
+    if config.loss_type == SAFERLHF:
+        raise ConfigError("loss_type saferlhf is PPO-Lagrangian: run it with safedpo saferlhf "
+                          "(safedpo.saferlhf.train), not safedpo train")
     stats = None
     if pairs is None:
         require(config.dataset, "dataset")
@@ -64,7 +67,7 @@ def train(config: TrainConfig, pairs=None, *, callbacks: list[Callback] = ()) ->
             config_name=config.dataset_config, column_map=config.column_map,
             skip_invalid=config.skip_invalid, keep_both_unsafe=config.keep_both_unsafe)
         require_pairs(pairs, stats)
-    return _run(config, PreferenceObjective(config), list(pairs), stats, callbacks)
+    return run_objective(config, PreferenceObjective(config), list(pairs), stats, callbacks)
 
 
 def sft(config: TrainConfig, examples=None, *, callbacks: list[Callback] = ()) -> dict:
@@ -78,19 +81,20 @@ def sft(config: TrainConfig, examples=None, *, callbacks: list[Callback] = ()) -
                                      response_column=config.response_column)
         if not examples:
             raise DataError(f"{config.dataset}: no SFT examples (split '{config.dataset_split}')")
-    return _run(config, SFTObjective(config), list(examples), None, callbacks)
+    return run_objective(config, SFTObjective(config), list(examples), None, callbacks)
 
 
 # --- the loop -------------------------------------------------------------------------------
 
-def _run(config: TrainConfig, objective, data: list, data_stats, callbacks) -> dict:
+def run_objective(config: TrainConfig, objective, data: list, data_stats,
+                  callbacks) -> dict:
     check_models(config)
     resume = check_output_dir(config)
     t_begin = time.time()
     accelerator = make_accelerator(config)
     try:
         set_seed(config.seed)
-        model, tokenizer, keep_logits = load_policy(config)
+        model, tokenizer, keep_logits = objective.load_model(config)
         items = objective.tokenize(tokenizer, data)
         if not items:
             raise DataError("no training data (0 pairs/examples after loading)")
@@ -194,11 +198,7 @@ def _run(config: TrainConfig, objective, data: list, data_stats, callbacks) -> d
         accelerator.wait_for_everyone()
         return summary
     finally:
-        # Not end_training(): it also closes the process group, which later runs in these
-        # processes (a sweep or comparison under `accelerate launch`) still need.
-        for tracker in accelerator.trackers:
-            tracker.finish()
-        reset_accelerate_state()
+        end_run(accelerator)
 
 
 @functools.lru_cache(maxsize=2)

@@ -281,6 +281,26 @@ def _pad_id(tokenizer) -> int:
     return 0
 
 
+def conversation_ids(tokenizer, prompt: str, response: str, *, prompt_template: str | None,
+                     append_eos: bool, max_length: int | None) -> list[int]:
+    """Token ids a sequence-classifier reward/cost model scores (``safedpo rm``/``cm`` train
+    on exactly these). With a chat template: the whole user/assistant chat. Otherwise the
+    prompt formatted like the policy's input, then the response tokenized on its own (so word
+    boundaries hold for any tokenizer), then EOS if ``append_eos``."""
+    tok = tokenizer
+    if getattr(tok, "chat_template", None) and prompt_template in (None, "auto", "chat"):
+        text = tok.apply_chat_template([{"role": "user", "content": prompt},
+                                        {"role": "assistant", "content": response}],
+                                       tokenize=False)
+        ids = encode_prompt(tok, text)
+    else:  # the prompt exactly as the policy saw it in training (BOS once)
+        ids = encode_prompt(tok, format_prompt(tok, prompt, prompt_template))
+        ids = ids + tok(response, add_special_tokens=False)["input_ids"]
+    if append_eos and tok.eos_token_id is not None and ids[-1:] != [tok.eos_token_id]:
+        ids = ids + [tok.eos_token_id]
+    return ids[:max_length]  # right truncation, as safe-rlhf does
+
+
 class _ModelScorer(Scorer):
     """Shared batching for model scorers: builds (prompt, response) token ids, right-pads,
     runs ``_forward`` and returns one float per pair."""
@@ -296,21 +316,9 @@ class _ModelScorer(Scorer):
         self.prompt_template, self.append_eos, self.progress = prompt_template, append_eos, progress
 
     def _encode(self, prompt: str, response: str) -> list[int]:
-        """Token ids of the conversation. With a chat template: the whole user/assistant chat.
-        Otherwise the prompt formatted like the policy's input, then the response tokenized on
-        its own (so word boundaries hold for any tokenizer), then EOS if ``append_eos``."""
-        tok = self.tokenizer
-        if getattr(tok, "chat_template", None) and self.prompt_template in (None, "auto", "chat"):
-            text = tok.apply_chat_template([{"role": "user", "content": prompt},
-                                            {"role": "assistant", "content": response}],
-                                           tokenize=False)
-            ids = encode_prompt(tok, text)
-        else:  # the prompt exactly as the policy saw it in training (BOS once)
-            ids = encode_prompt(tok, format_prompt(tok, prompt, self.prompt_template))
-            ids = ids + tok(response, add_special_tokens=False)["input_ids"]
-        if self.append_eos and tok.eos_token_id is not None and ids[-1:] != [tok.eos_token_id]:
-            ids = ids + [tok.eos_token_id]
-        return ids[: self.max_length]  # right truncation, as safe-rlhf does
+        return conversation_ids(self.tokenizer, prompt, response,
+                                prompt_template=self.prompt_template,
+                                append_eos=self.append_eos, max_length=self.max_length)
 
     def score(self, prompts, responses):
         import torch

@@ -1,0 +1,490 @@
+"""``safedpo saferlhf``: the Safe RLHF baseline (Dai et al. 2023, arXiv 2310.12773), i.e.
+PPO-Lagrangian from the SFT reference with a reward model and a cost model.
+
+The problem is SafeDPO's (PAPER.md) with the hard constraint relaxed to an expected one:
+    max_pi E[r] - kl_coef KL(pi || pi_ref)   s.t.   E[c] <= cost_threshold,
+solved as min_{lambda >= 0} max_pi E[r] - lambda (E[c] - cost_threshold) (the Lagrangian).
+
+One step (``global_step``) = one rollout batch:
+1. Rollouts: ``per_device_train_batch_size`` prompts of ``dataset``, one sampled answer each
+   (transformers ``generate``, temperature ``temperature``, at most ``response_length`` tokens,
+   the answer ends at its first EOS). The reward and cost models score the decoded answer
+   (any ``safedpo eval`` scorer: a sequence classifier, a safe-rlhf score model, or the world's
+   oracle); the policy, the frozen reference and the critic score every answer token.
+2. Per-token rewards and costs: the score at the last answer token, plus the KL penalty
+   kl_t = log pi(y_t) - log pi_ref(y_t) with weight -kl_coef in the reward and +kl_coef in the
+   cost. As in Safe RLHF (which splits it 1/2, 1/2), the penalty then keeps its weight kl_coef in
+   the combined advantage below whatever lambda is.
+3. GAE (``gamma``, ``lam``) on each, with one critic that has two value outputs (reward, cost):
+   Safe RLHF's two critics as one network (one forward instead of two).
+4. lambda <- max(0, lambda + lambda_lr * (mean episode cost - cost_threshold)), capped at
+   ``lambda_max``: projected gradient ascent on the Lagrangian. A clamp, not safe-rlhf's
+   log-lambda: lambda reaches exactly 0 when the constraint holds (the policy then follows the
+   reward alone, as the Lagrangian says), and it rises again at the rate of the violation, not
+   in proportion to its own (possibly tiny) value.
+5. ``num_ppo_epochs`` passes over the rollouts in ``num_mini_batches`` mini-batches, each one
+   optimizer step on: the clipped policy objective (``cliprange``) on the advantage
+   (A_r - lambda A_c) / (1 + lambda) (Safe RLHF's normalisation: the advantage keeps the scale
+   of one objective, so the clip range and learning rate mean the same at every lambda), plus
+   ``vf_coef`` times the clipped value losses (``cliprange_value``) of both outputs.
+
+Why not TRL: TRL 1.16 has no PPOTrainer any more (removed after 0.2x), and its RLOOTrainer
+has no critic or GAE, weights its rewards by fixed ``reward_weights`` and owns its loop and
+checkpoints; the cost advantage and a lambda that changes every step would have to be
+patched into its internals. What is reused: transformers generation, peft (LoRA, reference =
+adapter disabled), accelerate, and this project's run dir, checkpoints, metrics and scorers.
+
+The run dir is ``train``'s: config.yaml, metrics.jsonl, checkpoints/step-N (exact resume:
+policy + critic + optimizer + scheduler + RNG, lambda in trainer_state.json), model/ (the
+policy only) and train_summary.json. When ``reward_model_path`` / ``cost_model_path`` are not
+given, ``safedpo rm`` / ``safedpo cm`` runs train them first into OUTPUT_DIR/reward_model and
+OUTPUT_DIR/cost_model (from ``model_name_or_path``, with ``score_model_overrides``), and their
+time counts in ``train_seconds``: the cost of the whole method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import PartialState
+from accelerate.utils import set_seed
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import GenerationConfig
+
+from safedpo import checkpoint as ckpt
+from safedpo.config import SAFERLHF, ConfigError, TrainConfig, coerce
+from safedpo.data import DataError, load_rows
+from safedpo.evaluate.scorers import OracleCostScorer, OracleRewardScorer, load_model_scorer
+from safedpo.logprobs import token_logps
+from safedpo.modeling import load_model_and_tokenizer
+from safedpo.prompts import format_prompt
+from safedpo.reward_models import train_score_model
+from safedpo.runtime import (MetricSums, StopOnSignal, check_models, check_output_dir,
+                             disable_dropout, end_run, flat_config, load_policy, log_metrics,
+                             make_accelerator, make_optimizer, prepare_output_dir,
+                             raise_if_nonfinite, require, resume_state, save_model)
+from safedpo.tokenization import encode_prompt
+from safedpo.train import batch_indices
+
+# --- the math (pure functions) ----------------------------------------------------------------
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def end_scores(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) scores placed at each row's last True position of ``mask`` (B, T), zeros elsewhere."""
+    last = (mask.long().sum(1) - 1).clamp(min=0)
+    out = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device)
+    return out.scatter(1, last[:, None], scores[:, None]) * mask
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation (Schulman et al. 2016, eq. 16) over (B, T) tokens;
+    ``mask`` marks each row's answer tokens (a prefix). -> (advantages, returns = A + V),
+    zero outside the mask. delta_t = r_t + gamma V_{t+1} - V_t, A_t = delta_t + gamma lam A_{t+1},
+    with V and A after the last token taken as 0 (the episode ends there)."""
+    m = mask.to(values.dtype)
+    values, rewards = values * m, rewards * m
+    advantages = torch.zeros_like(values)
+    next_value = next_adv = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_adv = (delta + gamma * lam * next_adv) * m[:, t]
+        next_value = values[:, t]
+        advantages[:, t] = next_adv
+    return advantages, (advantages + values) * m
+
+
+def combined_advantage(reward_adv: torch.Tensor, cost_adv: torch.Tensor,
+                       lagrange: float) -> torch.Tensor:
+    """Safe RLHF's actor advantage (the Lagrangian's, Dai et al. 2023 Sec. 3.3, scaled by
+    1 / (1 + lambda) as safe-rlhf's PPO-Lagrangian does): (A_r - lambda A_c) / (1 + lambda)."""
+    return (reward_adv - lagrange * cost_adv) / (1.0 + lagrange)
+
+
+def ppo_policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
+                    mask: torch.Tensor, cliprange: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate (Schulman et al. 2017, eq. 7) as a loss, averaged over answer
+    tokens: mean max(-A r, -A clip(r, 1 - eps, 1 + eps)), r = exp(logp - old_logp).
+    -> (loss, share of tokens where the clipped term was taken)."""
+    ratio = torch.exp(logps - old_logps)
+    plain = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    return masked_mean(torch.maximum(plain, clipped), mask), \
+        masked_mean((clipped > plain).float(), mask)
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+               mask: torch.Tensor, cliprange_value: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss: 0.5 mean max((V - R)^2, (clip(V, V_old +- eps) - R)^2).
+    -> (loss, share of tokens where the clipped term was taken)."""
+    clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    plain_sq, clipped_sq = (values - returns) ** 2, (clipped - returns) ** 2
+    return 0.5 * masked_mean(torch.maximum(plain_sq, clipped_sq), mask), \
+        masked_mean((clipped_sq > plain_sq).float(), mask)
+
+
+def update_lambda(lagrange: float, mean_cost: float, threshold: float, lr: float,
+                  lambda_max: float | None = None) -> float:
+    """One projected gradient-ascent step on the Lagrangian's multiplier (Dai et al. 2023,
+    Sec. 3.3): its gradient is the constraint violation E[c] - threshold; lambda stays in
+    [0, lambda_max]."""
+    value = max(0.0, lagrange + lr * (mean_cost - threshold))
+    return value if lambda_max is None else min(value, lambda_max)
+
+
+# --- models ---------------------------------------------------------------------------------
+
+class ValueModel(nn.Module):
+    """The critic: a copy of the policy's backbone with a linear head giving two values per
+    token (reward value, cost value). The head starts at zero (every value 0)."""
+
+    def __init__(self, backbone: nn.Module, hidden_size: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(hidden_size, 2)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids, attention_mask, position_ids):
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                               position_ids=position_ids, use_cache=False).last_hidden_state
+        return self.head(hidden.to(self.head.weight.dtype)).float()  # (B, T, 2)
+
+
+class PolicyAndCritic(nn.Module):
+    """Policy and critic in one module: one optimizer, one checkpoint (as TRL's PPO does)."""
+
+    def __init__(self, policy: nn.Module, critic: ValueModel):
+        super().__init__()
+        self.policy, self.critic = policy, critic
+
+    def forward(self, input_ids, attention_mask, position_ids, start: int, temperature: float):
+        """-> (answer-token log-probs (B, R), values (B, R, 2)): positions start-1 .. T-2
+        predict the answer tokens start .. T-1."""
+        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask,
+                             position_ids=position_ids, use_cache=False).logits
+        logps = token_logps(logits[:, start - 1:-1] / temperature, input_ids[:, start:])
+        values = self.critic(input_ids, attention_mask, position_ids)[:, start - 1:-1]
+        return logps, values
+
+
+def _load_critic(config: TrainConfig) -> ValueModel:
+    lm, _ = load_model_and_tokenizer(config.model_name_or_path,
+                                     trust_remote_code=config.trust_remote_code,
+                                     gguf_file=config.gguf_file, dtype=config.dtype)
+    critic = ValueModel(getattr(lm, lm.base_model_prefix), lm.config.hidden_size)
+    if config.disable_dropout:
+        disable_dropout(critic)
+    return critic
+
+
+def _make_scorer(path: str, kind: str, config: TrainConfig, device):
+    if path == "oracle":
+        return (OracleRewardScorer if kind == "reward" else OracleCostScorer)()
+    return load_model_scorer(path, kind, batch_size=max(config.per_device_train_batch_size, 8),
+                             device=device, prompt_template=config.prompt_template,
+                             progress=False)
+
+
+# --- rollouts -------------------------------------------------------------------------------
+
+def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s)
+        attn[i, width - len(s):] = 1
+    return ids, attn
+
+
+def answer_mask(response: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """(B, R) bool: the generated tokens up to and including the first EOS."""
+    is_eos = (response == eos_id).long()
+    return (is_eos.cumsum(1) - is_eos) == 0
+
+
+@torch.no_grad()
+def rollout(model, reference, tokenizer, prompts: list[str], prompt_ids: list[list[int]],
+            scorers, config: TrainConfig, device, counts: dict) -> dict:
+    """Sample one answer per prompt and score it. -> tensors of the batch (see the keys)."""
+    c = config
+    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    ids, attn = (t.to(device) for t in _left_pad(prompt_ids, pad_id))
+    start = ids.shape[1]
+    gen = GenerationConfig(max_new_tokens=c.response_length, do_sample=True,
+                           temperature=c.temperature, top_k=0, top_p=1.0, pad_token_id=pad_id,
+                           eos_token_id=eos_id)
+    model.eval()
+    out = model.policy.generate(input_ids=ids, attention_mask=attn, generation_config=gen)
+    response = out[:, start:]
+    mask = answer_mask(response, eos_id)
+    ended = ((response == eos_id) & mask).any(1)  # else cut at response_length
+    seq = torch.cat([ids, torch.where(mask, response, pad_id)], 1)
+    seq_attn = torch.cat([attn, mask.long()], 1)
+    pos = (seq_attn.cumsum(1) - 1).clamp(min=0)  # left padding: as generate numbers positions
+    logps, values = model(seq, seq_attn, pos, start, c.temperature)
+    ref_logps = reference(seq, seq_attn, pos, start)
+    texts = tokenizer.batch_decode(torch.where(mask, response, pad_id), skip_special_tokens=True)
+    reward_scorer, cost_scorer = scorers
+    reward = torch.tensor(reward_scorer.score(prompts, texts), device=device, dtype=torch.float)
+    cost = torch.tensor(cost_scorer.score(prompts, texts), device=device, dtype=torch.float)
+    b = len(prompts)
+    counts["generated_tokens"] += b * response.shape[1]
+    counts["forward"] += 3 * b + sum(b for s in scorers if hasattr(s, "model"))
+    model.train()
+    return {"seq": seq, "attn": seq_attn, "pos": pos, "start": start, "response": response,
+            "mask": mask, "logps": logps, "ref_logps": ref_logps, "values": values,
+            "reward": reward, "cost": cost, "ended": ended}
+
+
+def _reference_forward(config: TrainConfig, unwrapped, device):
+    """(seq, attn, pos, start) -> reference log-probs of the answer tokens (B, R)."""
+    if config.use_peft:
+        policy = unwrapped.policy
+        ctx = policy.disable_adapter
+    else:
+        policy, _ = load_model_and_tokenizer(
+            config.ref_model_name_or_path or config.model_name_or_path,
+            trust_remote_code=config.trust_remote_code, dtype=config.dtype,
+            gguf_file=None if config.ref_model_name_or_path else config.gguf_file)
+        policy.requires_grad_(False).eval().to(device)
+        ctx = None
+
+    def forward(seq, attn, pos, start):
+        with (ctx() if ctx else nullcontext()):
+            logits = policy(input_ids=seq, attention_mask=attn, position_ids=pos,
+                            use_cache=False).logits
+        return token_logps(logits[:, start - 1:-1] / config.temperature, seq[:, start:])
+    return forward
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+def _score_models(config: TrainConfig, out: Path, resuming: bool) -> tuple[dict, dict]:
+    """Reward/cost model paths, training the ones not given. -> (paths, summaries)."""
+    paths, summaries = {}, {}
+    for kind in ("reward", "cost"):
+        given = getattr(config, f"{kind}_model_path")
+        if given:
+            paths[kind] = given
+            continue
+        run_dir = out / f"{kind}_model"
+        done = run_dir / "train_summary.json"
+        summary = json.loads(done.read_text()) if resuming and done.is_file() else None
+        if summary is None or summary.get("interrupted"):
+            # max_steps counts rollouts here: the score models run num_train_epochs unless
+            # their overrides say otherwise.
+            values = {"max_steps": -1, **{k: coerce(k, v, "score_model_overrides")
+                                          for k, v in config.score_model_overrides.items()}}
+            sub = dataclasses.replace(config, output_dir=str(run_dir), overwrite_output_dir=True,
+                                      resume_from_checkpoint=None, use_peft=False,
+                                      loss_type="dpo", **values)
+            summary = train_score_model(sub, kind)
+        paths[kind], summaries[kind] = str(run_dir / "model"), summary
+    return paths, summaries
+
+
+def _score_model_passes(summary: dict) -> dict:
+    """Sequences through a score model's forward and backward: 2 per pair of each step's
+    batch (its own batch size, from its run's config.yaml; one process)."""
+    run = yaml.safe_load((Path(summary["output_dir"]) / "config.yaml").read_text())
+    rows = 2 * summary["global_step"] * run["per_device_train_batch_size"] \
+        * run["gradient_accumulation_steps"]
+    return {"forward": rows, "backward": rows}
+
+
+def train(config: TrainConfig, *, callbacks=()) -> dict:
+    """PPO-Lagrangian from ``model_name_or_path`` on the prompts of ``dataset``; -> the train
+    summary (``train_seconds`` includes the reward/cost models it trained)."""
+    config = dataclasses.replace(config, loss_type=SAFERLHF)
+    require(config.dataset, "dataset")
+    check_models(config)
+    resume = check_output_dir(config)
+    t_begin = time.time()
+    rows = load_rows(config.dataset, split=config.dataset_split, config_name=config.dataset_config,
+                     column_map=config.column_map, skip_invalid=config.skip_invalid)
+    prompts = list(dict.fromkeys(r.prompt for r in rows.rows))
+    if not prompts:
+        raise DataError(f"{config.dataset}: no prompts (split '{config.dataset_split}')")
+    # The previous run goes (and config.yaml is written) before score models train into it.
+    out = prepare_output_dir(config, PartialState(), resume)
+    model_paths, score_runs = _score_models(config, out, resume is not None)
+    accelerator = make_accelerator(config)
+    try:
+        set_seed(config.seed)
+        policy, tokenizer, _ = load_policy(config)
+        model = PolicyAndCritic(policy, _load_critic(config))
+        prompt_ids = [encode_prompt(tokenizer, format_prompt(tokenizer, p, config.prompt_template))
+                      [-(config.max_prompt_length or 10**9):] for p in prompts]
+        b, nproc, rank = config.per_device_train_batch_size, accelerator.num_processes, \
+            accelerator.process_index
+        if b % config.num_mini_batches:
+            raise ConfigError(f"per_device_train_batch_size ({b}) must be a multiple of "
+                              f"num_mini_batches ({config.num_mini_batches})")
+        steps_per_epoch = math.ceil(len(prompts) / (b * nproc))
+        total_steps = config.max_steps if config.max_steps > 0 else \
+            math.ceil(config.num_train_epochs * steps_per_epoch)
+        updates = config.num_ppo_epochs * config.num_mini_batches
+        optimizer, scheduler = make_optimizer(model, config, total_steps * updates)
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        unwrapped = accelerator.unwrap_model(model)
+        reference = _reference_forward(config, unwrapped, accelerator.device)
+        scorers = tuple(_make_scorer(model_paths[k], k, config, accelerator.device)
+                        for k in ("reward", "cost"))
+        for scorer in scorers:
+            scorer.check(prompts)
+        t_train = time.time()
+        state = {"global_step": 0, "train_seconds": 0.0, "num_tokens": 0, "episode": 0,
+                 "lagrange": config.lambda_init,
+                 "passes": {"forward": 0, "backward": 0, "generated_tokens": 0}}
+        if resume is not None:
+            state = resume_state(accelerator, out, resume)
+        if config.report_to:
+            accelerator.init_trackers(out.name, config=flat_config(config.to_dict()))
+        sums, last, interrupted = MetricSums(), {}, False
+        bad_step = torch.tensor(-1, device=accelerator.device)
+        bar = tqdm(total=total_steps, initial=state["global_step"], desc="saferlhf",
+                   disable=config.disable_tqdm or not accelerator.is_main_process)
+        with StopOnSignal() as stop:
+            for step in range(state["global_step"], total_steps):
+                indices = batch_indices(len(prompts), step, steps_per_epoch, b * nproc,
+                                        config.seed)[rank * b:(rank + 1) * b]
+                roll = rollout(unwrapped, reference, tokenizer, [prompts[i] for i in indices],
+                               [prompt_ids[i] for i in indices], scorers, config,
+                               accelerator.device, state["passes"])
+                mean_cost = float(accelerator.reduce(roll["cost"].mean(), "mean"))
+                state["lagrange"] = update_lambda(state["lagrange"], mean_cost,
+                                                  config.cost_threshold, config.lambda_lr,
+                                                  config.lambda_max)
+                stats = _ppo_update(model, optimizer, scheduler, accelerator, roll, config,
+                                    state["lagrange"], step, state["passes"])
+                loss = stats.pop("_loss")
+                sums.add(stats)
+                bad_step = torch.where(~torch.isfinite(loss) & (bad_step < 0), step + 1,
+                                       bad_step)
+                state["episode"] += b * nproc
+                state["num_tokens"] += int(roll["attn"].sum()) * nproc
+                gs = state["global_step"] = step + 1
+                bar.update(1)
+                stopping = stop.requested(accelerator)
+                if gs % config.logging_steps == 0 or gs == total_steps or stopping:
+                    raise_if_nonfinite(bad_step, accelerator, out)
+                    last = {"step": gs, "epoch": round(gs / steps_per_epoch, 4),
+                            "episode": state["episode"],
+                            "learning_rate": scheduler.get_last_lr()[0],
+                            "lagrange/lambda": state["lagrange"], **sums.reduce(accelerator)}
+                    log_metrics(last, out, accelerator, config, callbacks)
+                    stopping = stopping or stop.requested(accelerator)  # a callback may signal
+                    bar.set_postfix_str(f"cost={last['cost/mean']:.3f} "
+                                        f"lambda={state['lagrange']:.3f}", refresh=False)
+                if stopping or (config.save_steps > 0 and gs % config.save_steps == 0
+                                and gs < total_steps):
+                    raise_if_nonfinite(bad_step, accelerator, out)
+                    ckpt.save_checkpoint(accelerator, out, {
+                        **state, "train_seconds": state["train_seconds"] + time.time() - t_train},
+                        config.save_total_limit)
+                if stopping:
+                    interrupted = True
+                    break
+        bar.close()
+        raise_if_nonfinite(bad_step, accelerator, out)
+        state["train_seconds"] += time.time() - t_train
+        if not interrupted:
+            save_model(accelerator, unwrapped.policy, tokenizer, out, config)
+        passes = dict(state["passes"])
+        for run in score_runs.values():
+            for k, v in _score_model_passes(run).items():
+                passes[k] += v
+        summary = {"train_seconds": state["train_seconds"] + sum(
+                       r["train_seconds"] for r in score_runs.values()),
+                   "ppo_seconds": state["train_seconds"],
+                   "total_seconds": time.time() - t_begin,
+                   "global_step": state["global_step"], "max_steps": total_steps,
+                   "num_tokens": state["num_tokens"], "interrupted": interrupted,
+                   "final": last, "lagrange": state["lagrange"], "num_prompts": len(prompts),
+                   "steps_per_epoch": steps_per_epoch, "passes": passes,
+                   "ppo_passes": state["passes"], "output_dir": str(out),
+                   "model_dir": None if interrupted else str(out / "model"),
+                   "reward_model": model_paths["reward"], "cost_model": model_paths["cost"],
+                   "score_models": {k: {"train_seconds": r["train_seconds"],
+                                        "global_step": r["global_step"],
+                                        "output_dir": r["output_dir"]}
+                                    for k, r in score_runs.items()}}
+        if accelerator.is_main_process:
+            (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        accelerator.wait_for_everyone()
+        return summary
+    finally:
+        end_run(accelerator)
+
+
+def _ppo_update(model, optimizer, scheduler, accelerator, roll: dict, config: TrainConfig,
+                lagrange: float, step: int, counts: dict) -> dict:
+    """Advantages of the rollout, then num_ppo_epochs x num_mini_batches optimizer steps.
+    -> metric sums for ``MetricSums`` (plus ``_loss``, the last loss, for the finite check)."""
+    c, mask = config, roll["mask"]
+    m = mask.float()
+    kl = (roll["logps"] - roll["ref_logps"]) * m
+    rewards = end_scores(_clip(roll["reward"], c.score_clip), mask) - c.kl_coef * kl
+    costs = end_scores(_clip(roll["cost"], c.score_clip), mask) + c.kl_coef * kl
+    adv_r, ret_r = gae(rewards, roll["values"][..., 0], mask, c.gamma, c.lam)
+    adv_c, ret_c = gae(costs, roll["values"][..., 1], mask, c.gamma, c.lam)
+    advantages = combined_advantage(adv_r, adv_c, lagrange)
+    returns = torch.stack([ret_r, ret_c], -1)
+    b = mask.shape[0]
+    mb = b // c.num_mini_batches
+    stats = {"reward/mean": (roll["reward"].sum(), b), "cost/mean": (roll["cost"].sum(), b),
+             "cost/unsafe_frac": ((roll["cost"] > 0).float().sum(), b),
+             "kl": (kl.sum(), b), "response_length/mean": (m.sum(), b),
+             "val/num_eos_tokens": (roll["ended"].float().sum(), 1)}
+    totals = {k: torch.zeros((), device=m.device) for k in
+              ("loss/policy_avg", "loss/value_avg", "policy/clipfrac_avg", "val/clipfrac_avg",
+               "policy/approxkl_avg")}
+    gen = torch.Generator().manual_seed(c.seed * 1_000_003 + step)  # resumable order
+    loss = torch.zeros(())
+    for _ in range(c.num_ppo_epochs):
+        order = torch.randperm(b, generator=gen).to(m.device)
+        for k in range(c.num_mini_batches):
+            i = order[k * mb:(k + 1) * mb]
+            logps, values = model(roll["seq"][i], roll["attn"][i], roll["pos"][i],
+                                  roll["start"], c.temperature)
+            pg, pg_clip = ppo_policy_loss(logps, roll["logps"][i], advantages[i], m[i],
+                                          c.cliprange)
+            mm = m[i].unsqueeze(-1).expand_as(values)
+            vf, vf_clip = value_loss(values, roll["values"][i], returns[i], mm, c.cliprange_value)
+            loss = pg + c.vf_coef * vf
+            accelerator.backward(loss)
+            if c.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), c.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            counts["forward"] += 2 * len(i)  # policy and critic
+            counts["backward"] += 2 * len(i)
+            with torch.no_grad():
+                approx = 0.5 * masked_mean((logps - roll["logps"][i]) ** 2, m[i])
+            for name, v in (("loss/policy_avg", pg), ("loss/value_avg", vf),
+                            ("policy/clipfrac_avg", pg_clip), ("val/clipfrac_avg", vf_clip),
+                            ("policy/approxkl_avg", approx)):
+                totals[name] = totals[name] + v.detach()
+    n = c.num_ppo_epochs * c.num_mini_batches
+    stats.update({k: (v, n) for k, v in totals.items()})
+    stats["_loss"] = loss.detach()
+    return stats
+
+
+def _clip(x: torch.Tensor, bound: float | None) -> torch.Tensor:
+    return x if bound is None else x.clamp(-bound, bound)
