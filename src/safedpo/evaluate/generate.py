@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from safedpo.data.benchmarks import is_benchmark, load_benchmark
 from safedpo.data.types import DataError
 from safedpo.prompts import format_prompt
 
@@ -36,7 +37,9 @@ def load_prompt_records(source, *, split: str = "test", prompt_column: str = "pr
     """The prompts to evaluate, as records {prompt, harmful: bool|None, category}.
 
     ``source``: a list of prompt strings or dicts; "world" / "world:SEED" (the synthetic world's
-    held-out test prompts, or ``split``'s prompts); or anything ``safedpo.data.load_prompts``
+    held-out test prompts, or ``split``'s prompts); a public benchmark's name or names joined
+    with '+' (``safedpo.data.benchmarks``: advbench, harmbench, donotanswer, overrefusal,
+    benign-howto); or anything ``safedpo.data.load_prompts``
     reads (a preference dataset's unique prompts of ``split``, a jsonl/csv of prompts, an
     XSTest-format csv). Duplicate prompts are dropped (first kept) with a printed count.
     ``max_prompts`` keeps the first N.
@@ -51,6 +54,8 @@ def load_prompt_records(source, *, split: str = "test", prompt_column: str = "pr
                   "category": list(getattr(p, "categories", ()) or [p.category] * bool(p.category))
                   or None} for p in World(seed=seed).prompts(split)]
         where = f"world:{seed} ({split} prompts)"
+    elif is_benchmark(source):
+        items, where = load_benchmark(source), str(source)
     else:
         from safedpo.data import load_prompts
 
