@@ -101,9 +101,9 @@ def _block_seed(seed: int, start: int) -> int:
 
 
 def iter_generate(model, tokenizer, prompts: Sequence[str], *, indices: Sequence[int] | None = None,
-                  prompt_template: str | None = None, max_new_tokens: int = 128,
-                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                  seed: int = 0, batch_size: int = 8,
+                  prompt_template: str | None = None, system_prompt: str | None = None,
+                  max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0,
+                  top_p: float = 1.0, seed: int = 0, batch_size: int = 8,
                   progress: bool = True) -> Iterator[tuple[list[int], list[str]]]:
     """Generate responses for ``prompts[i]``, i in ``indices`` (default: all), one batch at a
     time; yields (indices, responses) per batch. Batches are the fixed blocks
@@ -111,6 +111,7 @@ def iter_generate(model, tokenizer, prompts: Sequence[str], *, indices: Sequence
     holding any prompt asked for is generated WHOLE (a sample depends on the whole batch) and
     only the asked-for responses are yielded. So skipping finished prompts, even part of a
     block after a crash, does not change the others' samples (for the same ``batch_size``).
+    ``system_prompt``: a system message for every prompt (see ``format_prompt``).
     """
     import torch
     from tqdm.auto import tqdm
@@ -132,7 +133,8 @@ def iter_generate(model, tokenizer, prompts: Sequence[str], *, indices: Sequence
         for start in starts:
             block = range(start, min(start + batch_size, len(prompts)))
             # Prompt ids exactly as in training (special prefix such as BOS once), left-padded.
-            ids = [encode_prompt(tokenizer, format_prompt(tokenizer, prompts[i], prompt_template))
+            ids = [encode_prompt(tokenizer, format_prompt(tokenizer, prompts[i], prompt_template,
+                                                         system_prompt))
                    for i in block]
             enc = tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(model.device)
             if do_sample:
