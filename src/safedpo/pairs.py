@@ -138,10 +138,11 @@ def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: i
                scorers: list[str] | None = None, max_new_tokens: int = 64,
                temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
                batch_size: int = 8, prompt_template: str | None = None, dtype=None,
-               overwrite: bool = False, progress: bool = True) -> dict:
+               tokenizer=None, overwrite: bool = False, progress: bool = True) -> dict:
     """Generate, judge and label pairs; write pairs.jsonl (PKU-SafeRLHF v1), dropped.jsonl (the
     pairs the rule cannot order, with the reason), answers.jsonl (every answer with its
     outcome) and pairs_summary.json (every count). Returns the summary. ``scorers``: optional "cost:PATH" / "reward:PATH" (see the module docstring).
+    ``model``: as for ``safedpo eval`` (a path, or a loaded model with ``tokenizer``).
     Resumes: answers already in plain.jsonl / safety.jsonl are not generated again."""
     from safedpo.evaluate.generate import generate_to_file, write_jsonl
     from safedpo.evaluate.runner import load_policy
@@ -157,7 +158,7 @@ def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: i
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records, n_held = _records(sources, max_prompts, holdout)
-    policy, tok, template, name = load_policy(model, None, prompt_template, dtype)
+    policy, tok, template, name = load_policy(model, tokenizer, prompt_template, dtype)
     settings = {"model": name, "prompts": "+".join(sources), "split": None,
                 "n_prompts": len(records), "prompt_template": template,
                 "max_new_tokens": max_new_tokens, "do_sample": True, "temperature": temperature,
@@ -253,10 +254,11 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", required=True,
                         help="writes pairs.jsonl, dropped.jsonl, pairs_summary.json")
     parser.add_argument("--scorer", action="append", default=None, metavar="SPEC",
-                        help="cost:PATH and/or reward:PATH (default: the rule above)")
+                        help="cost:PATH and/or reward:PATH model (repeatable); without them "
+                             "the default rule below judges")
     parser.add_argument("--system-prompt", default=None,
-                        help="the safety system prompt (default: safedpo.prompts."
-                             "SAFETY_SYSTEM_PROMPT)")
+                        help="the safety system prompt; None: safedpo.prompts."
+                             "SAFETY_SYSTEM_PROMPT")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=1.0)
