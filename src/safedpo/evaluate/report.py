@@ -105,6 +105,14 @@ def write_eval_report(metrics: dict, out_dir: str | Path) -> Path:
             add(f"Mean of `{name}` ({entry['kind']})", entry["mean"], False)
         add(f"Harmless ratio by `{name}`", entry.get("harmless_ratio"), True)
     lines += _outcome_lines(metrics.get("outcomes"))
+    given = metrics.get("answer_logps")
+    if given:
+        lines += ["", f"Mean log-probability of the given answers (`{given['source']}`) under "
+                  "this model, per label (nats; `safedpo report --reference` shows the change "
+                  "against the reference): " + ", ".join(
+                      f"{lab} {np.mean([v for v, l in zip(given['logps'], given['labels']) if l == lab]):.2f} "
+                      f"(n={given['labels'].count(lab)})" for lab in sorted(set(given["labels"])))
+                  + "."]
     if metrics.get("per_category"):
         lines += ["", "## Harmless ratio per harm category", "",
                   "| Category | Harmless ratio [95% CI] | n |", "|---|---|---|"]
