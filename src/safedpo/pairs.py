@@ -93,7 +93,8 @@ def pku_row(prompt: str, answers: tuple[str, str], labels: dict, source: str) ->
     return row
 
 
-def _records(sources: list[str], max_prompts: int | None, holdout: str | None) -> tuple[list[dict], int]:
+def _records(sources: list[str], max_prompts: int | None,
+             holdout: str | None) -> tuple[list[dict], int]:
     """Prompt records of every source (the first ``max_prompts`` of each), without the prompts
     of ``holdout`` (the evaluation prompts). -> (records, number held out)."""
     from safedpo.evaluate.generate import load_prompt_records
@@ -141,7 +142,8 @@ def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: i
                tokenizer=None, overwrite: bool = False, progress: bool = True) -> dict:
     """Generate, judge and label pairs; write pairs.jsonl (PKU-SafeRLHF v1), dropped.jsonl (the
     pairs the rule cannot order, with the reason), answers.jsonl (every answer with its
-    outcome) and pairs_summary.json (every count). Returns the summary. ``scorers``: optional "cost:PATH" / "reward:PATH" (see the module docstring).
+    outcome) and pairs_summary.json (every count). Returns the summary. ``scorers``: optional
+    "cost:PATH" / "reward:PATH" (see the module docstring).
     ``model``: as for ``safedpo eval`` (a path, or a loaded model with ``tokenizer``).
     Resumes: answers already in plain.jsonl / safety.jsonl are not generated again."""
     from safedpo.evaluate.generate import generate_to_file, write_jsonl
@@ -212,7 +214,8 @@ def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: i
                           "helpfulness": "reward model" if "reward" in scores else "default rule"},
                "outcomes": {side: {h: {o: c[o] for o in OUTCOMES} for h, c in by.items()}
                             for side, by in counts.items()},
-               "pairs": {h: {r: c[r] for r in ("kept",) + DROP_REASONS} for h, c in reasons.items()},
+               "pairs": {h: {r: c[r] for r in ("kept",) + DROP_REASONS}
+                         for h, c in reasons.items()},
                "system_prompt": system_prompt}
     (out / "pairs_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -292,7 +295,8 @@ def run(name: str, args: argparse.Namespace) -> int:
           f"{s['held_out_prompts_removed']} held-out prompts removed)")
     for side, by in s["outcomes"].items():
         for h, c in by.items():
-            print(f"  {side:7s} answers, {h:8s} prompts: " + ", ".join(f"{o} {n}" for o, n in c.items()))
+            print(f"  {side:7s} answers, {h:8s} prompts: "
+                  + ", ".join(f"{o} {n}" for o, n in c.items()))
     for h, c in s["pairs"].items():
         print(f"  pairs on {h:8s} prompts: " + ", ".join(f"{r} {n}" for r, n in c.items()))
     print(f"pairs: {Path(args.output_dir) / 'pairs.jsonl'}")

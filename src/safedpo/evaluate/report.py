@@ -107,11 +107,13 @@ def write_eval_report(metrics: dict, out_dir: str | Path) -> Path:
     lines += _outcome_lines(metrics.get("outcomes"))
     given = metrics.get("answer_logps")
     if given:
+        by_label: dict[str, list[float]] = {}
+        for value, lab in zip(given["logps"], given["labels"]):
+            by_label.setdefault(lab, []).append(value)
         lines += ["", f"Mean log-probability of the given answers (`{given['source']}`) under "
                   "this model, per label (nats; `safedpo report --reference` shows the change "
                   "against the reference): " + ", ".join(
-                      f"{lab} {np.mean([v for v, l in zip(given['logps'], given['labels']) if l == lab]):.2f} "
-                      f"(n={given['labels'].count(lab)})" for lab in sorted(set(given["labels"])))
+                      f"{lab} {np.mean(v):.2f} (n={len(v)})" for lab, v in sorted(by_label.items()))
                   + "."]
     if metrics.get("per_category"):
         lines += ["", "## Harmless ratio per harm category", "",

@@ -110,12 +110,12 @@ def evaluate(model, prompts_source, out_dir: str | Path, *,
 
     ``model``: a run dir, model dir, adapter dir or hub id, or a loaded model with ``tokenizer``.
     ``prompts_source``: see ``load_prompt_records``. ``scorers``: Scorer objects and/or specs
-    ("oracle", "refusal", "refusal-cost", "reward:PATH", "cost:PATH"); default
+    ("oracle", "refusal", "refusal-cost", "outcome", "reward:PATH", "cost:PATH"); default
     ``default_scorers(prompts_source)``. ``reference``: another evaluation's dir, to add the win
     rate against its responses (by the reward scorer). ``answers``: a jsonl of {prompt,
     response, label} whose log-probs under the model are recorded (``answer_logps``; the report
-    turns them into the judge-free shift against the reference). Interrupted runs resume: prompts already
-    in generations.jsonl are not generated again. ``dtype``: for a model loaded here and for
+    turns them into the judge-free shift against the reference). Interrupted runs resume:
+    prompts already in generations.jsonl are not generated again. ``dtype``: for a model loaded here and for
     model scorers ('float32', 'bfloat16', ...; default bfloat16 on a GPU, else float32).
     """
     world_seed = _world_seed(prompts_source, world_seed)
