@@ -115,8 +115,9 @@ def evaluate(model, prompts_source, out_dir: str | Path, *,
     rate against its responses (by the reward scorer). ``answers``: a jsonl of {prompt,
     response, label} whose log-probs under the model are recorded (``answer_logps``; the report
     turns them into the judge-free shift against the reference). Interrupted runs resume:
-    prompts already in generations.jsonl are not generated again. ``dtype``: for a model loaded here and for
-    model scorers ('float32', 'bfloat16', ...; default bfloat16 on a GPU, else float32).
+    prompts already in generations.jsonl are not generated again. ``dtype``: for a model loaded
+    here and for model scorers ('float32', 'bfloat16', ...; default bfloat16 on a GPU, else
+    float32).
     """
     world_seed = _world_seed(prompts_source, world_seed)
     out_dir = Path(out_dir)
