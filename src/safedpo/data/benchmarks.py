@@ -6,7 +6,9 @@ package is a ``MissingPackageError`` naming the install command; another install
 an error too (row counts and categories are those of the pinned version).
 
 A source name may join several with ``+`` (``harmbench+donotanswer+overrefusal``): the records
-are concatenated, each keeping its ``harmful`` flag and ``category``.
+are concatenated, each keeping its ``harmful`` flag and ``category``. ``NAME:N`` takes N records
+spread evenly over the file (records i * len // N; the files are ordered by category, so the
+first N would cover few categories), e.g. ``harmbench:24+donotanswer:24+overrefusal:24``.
 """
 
 from __future__ import annotations
@@ -108,11 +110,19 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
 )}
 
 
+def _parse(part: str) -> tuple[str, int | None]:
+    """'NAME' -> (NAME, None); 'NAME:N' -> (NAME, N)."""
+    name, sep, n = part.partition(":")
+    if sep and not (n.isdigit() and int(n) > 0):
+        raise ValueError(f"prompt source {part!r}: expected NAME:N with N a positive integer")
+    return name, int(n) if sep else None
+
+
 def is_benchmark(source) -> bool:
-    """True for a benchmark name or names joined with '+' (and no such local file)."""
+    """True for a benchmark name (or NAME:N), or several joined with '+' (and no such file)."""
     if not isinstance(source, str) or Path(source).exists():
         return False
-    return all(part in BENCHMARKS for part in source.split("+"))
+    return all(part.partition(":")[0] in BENCHMARKS for part in source.split("+"))
 
 
 def benchmark_files(name: str) -> list[Path]:
@@ -138,11 +148,17 @@ def benchmark_files(name: str) -> list[Path]:
 
 
 def load_benchmark(source: str) -> list[dict]:
-    """Records {prompt, harmful, category} of ``source`` (a name or names joined with '+')."""
+    """Records {prompt, harmful, category} of ``source`` (names or NAME:N joined with '+')."""
     records = []
-    for name in source.split("+"):
+    for part in source.split("+"):
+        name, n = _parse(part)
         if name not in BENCHMARKS:
             raise ValueError(f"unknown prompt source {name!r}; known: {', '.join(BENCHMARKS)}")
         paths = benchmark_files(name)
-        records += BENCHMARKS[name].read(paths, package_file(f"pkg://{BENCHMARKS[name].package}"))
+        recs = BENCHMARKS[name].read(paths, package_file(f"pkg://{BENCHMARKS[name].package}"))
+        if n is not None:
+            if n > len(recs):
+                raise ValueError(f"prompt source {part!r}: {name} has only {len(recs)} prompts")
+            recs = [recs[i * len(recs) // n] for i in range(n)]
+        records += recs
     return records
