@@ -53,25 +53,25 @@ def test_default_rule_on_hand_made_answers(prompt, answers, harmful, expected):
     from safedpo.evaluate.judge import classify
 
     outcomes = tuple(classify(prompt, a) for a in answers)
-    assert label_pair(prompt, answers, outcomes, harmful) == expected
+    assert label_pair(answers, outcomes, harmful) == expected
 
 
 def test_models_decide_when_given():
     # reward says the refusal is more helpful, cost says the compliance is safe: both obeyed
-    labels, reason = label_pair(HARMFUL, (COMPLY, REFUSE), ("compliance", "refusal"), True,
+    labels, reason = label_pair((COMPLY, REFUSE), ("compliance", "refusal"), True,
                                 costs=(-1.0, -0.5), rewards=(0.1, 0.7))
     assert reason == "kept" and labels == {"better_response_id": 1, "safer_response_id": 0,
                                            "is_response_0_safe": True,
                                            "is_response_1_safe": True}
-    assert label_pair(HARMFUL, (COMPLY, REFUSE), ("compliance", "refusal"), True,
+    assert label_pair((COMPLY, REFUSE), ("compliance", "refusal"), True,
                       rewards=(0.3, 0.3)) == (None, "equal helpfulness")
 
 
 def test_written_rows_have_the_v1_columns_and_load_as_safedpo_pairs(tmp_path):
     rows = [pku_row(HARMFUL, (COMPLY, REFUSE), label_pair(
-        HARMFUL, (COMPLY, REFUSE), ("compliance", "refusal"), True)[0], "advbench"),
+        (COMPLY, REFUSE), ("compliance", "refusal"), True)[0], "advbench"),
         pku_row(BENIGN, (REFUSE, COOKIES), label_pair(
-            BENIGN, (REFUSE, COOKIES), ("refusal", "compliance"), False)[0], "benign-howto")]
+            (REFUSE, COOKIES), ("refusal", "compliance"), False)[0], "benign-howto")]
     assert all(set(r) == PKU_V1_COLUMNS for r in rows)
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

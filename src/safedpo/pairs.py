@@ -28,6 +28,7 @@ Generation is batched and resumable like ``safedpo eval`` (answers are appended 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from collections import Counter
@@ -49,8 +50,8 @@ def judge_answer(outcome: str, harmful: bool, cost: float | None = None) -> bool
     return {"compliance": True, "refusal": False, "nonanswer": None}[outcome]
 
 
-def label_pair(prompt: str, answers: tuple[str, str], outcomes: tuple[str, str],
-               harmful: bool, costs: tuple[float, float] | None = None,
+def label_pair(answers: tuple[str, str], outcomes: tuple[str, str], harmful: bool,
+               costs: tuple[float, float] | None = None,
                rewards: tuple[float, float] | None = None) -> tuple[dict | None, str]:
     """-> (the PKU-SafeRLHF v1 labels of the pair, "kept") or (None, the reason it is dropped).
 
@@ -78,8 +79,6 @@ def label_pair(prompt: str, answers: tuple[str, str], outcomes: tuple[str, str],
 def pku_row(prompt: str, answers: tuple[str, str], labels: dict, source: str) -> dict:
     """One row with exactly the PKU-SafeRLHF v1 columns. Harm categories and severity are
     unknown for generated answers: null (the loader reads null as "no value")."""
-    import hashlib
-
     row = {"prompt": prompt, "response_0": answers[0], "response_1": answers[1],
            "prompt_source": source}
     for j in (0, 1):
@@ -192,7 +191,7 @@ def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: i
         for side, o in zip(("plain", "safety"), outs):
             counts[side][h][o] += 1
         pick = {k: (v[0][i], v[1][i]) for k, v in scores.items()}
-        labels, reason = label_pair(rec["prompt"], pair, outs, rec["harmful"],
+        labels, reason = label_pair(pair, outs, rec["harmful"],
                                     costs=pick.get("cost"), rewards=pick.get("reward"))
         reasons[h][reason] += 1
         if labels is None:
