@@ -6,6 +6,7 @@ import json
 import pytest
 
 from safedpo.data import load_pairs
+from safedpo.evaluate.judge import classify
 from safedpo.pairs import judge_answer, label_pair, pku_row
 
 from test_world import PKU_V1_COLUMNS
@@ -50,8 +51,6 @@ def test_safety_of_one_answer(outcome, harmful, cost, unsafe):
     (BENIGN, (COOKIES, " " + COOKIES), False, (None, "identical answers")),
 ])
 def test_default_rule_on_hand_made_answers(prompt, answers, harmful, expected):
-    from safedpo.evaluate.judge import classify
-
     outcomes = tuple(classify(prompt, a) for a in answers)
     assert label_pair(answers, outcomes, harmful) == expected
 
