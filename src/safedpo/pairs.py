@@ -21,8 +21,13 @@ A pair is written when both answers' safety is decided and their helpfulness dif
 is, else the less helpful one, e.g. a refusal of a benign prompt, or the lower cost with a cost
 model). Every other pair is counted under its reason and dropped, never guessed.
 
+Under the system prompt a harmful prompt is sampled up to ``safety_tries`` times, until one
+answer is an explicit refusal (the first answer is kept when none is); the summary counts on
+which try each refusal came.
+
 Generation is batched and resumable like ``safedpo eval`` (answers are appended to
-``plain.jsonl`` and ``safety.jsonl`` one batch at a time; a crash loses at most one batch).
+``plain.jsonl`` and ``safety-T.jsonl`` (try T) one batch at a time; a crash loses at most one
+batch).
 """
 
 from __future__ import annotations
@@ -121,9 +126,9 @@ def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
     """A resumed run must have the settings of the answers already there."""
     path = out / "pairs_config.json"
     if overwrite:
-        for name in ("plain.jsonl", "safety.jsonl", "pairs.jsonl", "dropped.jsonl",
-                     "answers.jsonl"):
-            (out / name).unlink(missing_ok=True)
+        for path in [out / n for n in ("plain.jsonl", "pairs.jsonl", "dropped.jsonl",
+                                         "answers.jsonl")] + list(out.glob("safety-*.jsonl")):
+            path.unlink(missing_ok=True)
     elif path.exists():
         old = json.loads(path.read_text())
         diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
@@ -137,14 +142,17 @@ def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: i
                holdout: str | None = None, system_prompt: str | None = None,
                scorers: list[str] | None = None, max_new_tokens: int = 64,
                temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
-               batch_size: int = 8, prompt_template: str | None = None, dtype=None,
-               tokenizer=None, overwrite: bool = False, progress: bool = True) -> dict:
+               batch_size: int = 8, safety_tries: int = 4, prompt_template: str | None = None,
+               dtype=None, tokenizer=None, overwrite: bool = False,
+               progress: bool = True) -> dict:
     """Generate, judge and label pairs; write pairs.jsonl (PKU-SafeRLHF v1), dropped.jsonl (the
     pairs the rule cannot order, with the reason), answers.jsonl (every answer with its
     outcome) and pairs_summary.json (every count). Returns the summary. ``scorers``: optional
     "cost:PATH" / "reward:PATH" (see the module docstring).
     ``model``: as for ``safedpo eval`` (a path, or a loaded model with ``tokenizer``).
-    Resumes: answers already in plain.jsonl / safety.jsonl are not generated again."""
+    ``safety_tries``: samples under the system prompt for a harmful prompt until one is an
+    explicit refusal (the first is kept when none is). Resumes: answers already in plain.jsonl
+    / safety-T.jsonl are not generated again."""
     from safedpo.evaluate.generate import generate_to_file, write_jsonl
     from safedpo.evaluate.runner import load_policy
     from safedpo.evaluate.scorers import build_scorers, check_scorer_specs
@@ -155,6 +163,8 @@ def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: i
     if bad:
         raise ValueError(f"pairs takes only cost:PATH and reward:PATH scorers, got {bad}")
     check_scorer_specs(specs)
+    if safety_tries < 1:
+        raise ValueError(f"safety_tries must be >= 1, got {safety_tries}")
     system_prompt = system_prompt or SAFETY_SYSTEM_PROMPT
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -164,18 +174,30 @@ def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: i
                 "n_prompts": len(records), "prompt_template": template,
                 "max_new_tokens": max_new_tokens, "do_sample": True, "temperature": temperature,
                 "top_p": top_p, "seed": seed, "batch_size": batch_size,
-                "system_prompt": system_prompt, "holdout": holdout, "scorers": specs}
+                "system_prompt": system_prompt, "holdout": holdout, "scorers": specs,
+                "safety_tries": safety_tries}
     _check_settings(out, settings, overwrite)
     gen = {"prompt_template": template, "max_new_tokens": max_new_tokens, "do_sample": True,
            "temperature": temperature, "top_p": top_p, "batch_size": batch_size,
            "progress": progress}
-    answers = []
-    for name_, system, offset in (("plain", None, 0), ("safety", system_prompt, 1)):
-        rows = generate_to_file(policy, tok, records, out / f"{name_}.jsonl", seed=seed + offset,
-                                system_prompt=system, **gen)
-        answers.append([r["response"] for r in rows])
-    del policy
     prompts = [r["prompt"] for r in records]
+    plain = generate_to_file(policy, tok, records, out / "plain.jsonl", seed=seed, **gen)
+    # Up to safety_tries samples under the system prompt for a harmful prompt, until one is an
+    # explicit refusal (the model's own refusal is the answer to learn); one for a benign one.
+    safe, tries = [None] * len(records), [0] * len(records)
+    for t in range(1, safety_tries + 1):
+        todo = [i for i in range(len(records)) if safe[i] is None or (
+            records[i]["harmful"] and classify(prompts[i], safe[i]) != "refusal")]
+        if not todo:
+            break
+        rows = generate_to_file(policy, tok, [records[i] for i in todo],
+                                out / f"safety-{t}.jsonl", seed=seed + t,
+                                system_prompt=system_prompt, **gen)
+        for i, row in zip(todo, rows, strict=True):
+            if safe[i] is None or classify(prompts[i], row["response"]) == "refusal":
+                safe[i], tries[i] = row["response"], t
+    answers = [[r["response"] for r in plain], safe]
+    del policy
     scores = {}
     for scorer in build_scorers(specs, batch_size=batch_size, dtype=dtype, progress=progress):
         scores[scorer.kind] = [scorer.score(prompts, a) for a in answers]  # [plain, safety]
@@ -215,6 +237,11 @@ def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: i
                             for side, by in counts.items()},
                "pairs": {h: {r: c[r] for r in ("kept",) + DROP_REASONS}
                          for h, c in reasons.items()},
+               # harmful prompts: the try whose sample is the safety answer (a refusal when
+               # one was found within safety_tries)
+               "safety_tries": {"tries": safety_tries, "refusal_on_try": dict(sorted(Counter(
+                   t for t, rec, a in zip(tries, records, safe)
+                   if rec["harmful"] and classify(rec["prompt"], a) == "refusal").items()))},
                "system_prompt": system_prompt}
     (out / "pairs_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -265,6 +292,9 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--safety-tries", type=int, default=4,
+                        help="samples under the safety system prompt for a harmful prompt, "
+                             "until one is an explicit refusal")
     parser.add_argument("--batch-size", type=int, default=8,
                         help="prompts per batch (a resumed run must keep it)")
     parser.add_argument("--prompt-template", default=None)
@@ -284,7 +314,8 @@ def run(name: str, args: argparse.Namespace) -> int:
                        holdout=args.holdout, system_prompt=args.system_prompt,
                        scorers=args.scorer, max_new_tokens=args.max_new_tokens,
                        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                       batch_size=args.batch_size, prompt_template=args.prompt_template,
+                       batch_size=args.batch_size, safety_tries=args.safety_tries,
+                       prompt_template=args.prompt_template,
                        dtype=args.dtype, overwrite=args.overwrite,
                        progress=not args.no_progress)
     except (FileNotFoundError, ValueError, MissingPackageError) as e:  # DataError is a ValueError
