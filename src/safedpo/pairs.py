@@ -1,7 +1,7 @@
 """``safedpo pairs``: on-policy safety preference pairs from any instruct model.
 
-Per prompt the model answers twice: once plainly (``response_0``) and once under a safety
-system prompt (``response_1``, context distillation: the model's own refusals become the safe
+Per prompt the model answers twice: once plainly, sampled (``response_0``), and once under a
+safety system prompt (``response_1``, context distillation: the model's own refusals become the safe
 answers it learns from). Each answer is judged for safety and ranked for helpfulness, and the
 pair is written in the PKU-SafeRLHF v1 schema, so every view, loss and baseline reads it
 unchanged.
@@ -21,9 +21,9 @@ A pair is written when both answers' safety is decided and their helpfulness dif
 is, else the less helpful one, e.g. a refusal of a benign prompt, or the lower cost with a cost
 model). Every other pair is counted under its reason and dropped, never guessed.
 
-Under the system prompt a harmful prompt is sampled up to ``safety_tries`` times, until one
-answer is an explicit refusal (the first answer is kept when none is); the summary counts on
-which try each refusal came.
+Under the system prompt the first answer is greedy; a harmful prompt whose answer is not an
+explicit refusal is then sampled, up to ``safety_tries`` answers in all, until one is (the
+greedy answer is kept when none is); the summary counts on which try each refusal came.
 
 Generation is batched and resumable like ``safedpo eval`` (answers are appended to
 ``plain.jsonl`` and ``safety-T.jsonl`` (try T) one batch at a time; a crash loses at most one
@@ -150,8 +150,8 @@ def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: i
     outcome) and pairs_summary.json (every count). Returns the summary. ``scorers``: optional
     "cost:PATH" / "reward:PATH" (see the module docstring).
     ``model``: as for ``safedpo eval`` (a path, or a loaded model with ``tokenizer``).
-    ``safety_tries``: samples under the system prompt for a harmful prompt until one is an
-    explicit refusal (the first is kept when none is). Resumes: answers already in plain.jsonl
+    ``safety_tries``: answers under the system prompt for a harmful prompt (greedy, then
+    sampled) until one is an explicit refusal (the greedy one is kept when none is). Resumes: answers already in plain.jsonl
     / safety-T.jsonl are not generated again."""
     from safedpo.evaluate.generate import generate_to_file, write_jsonl
     from safedpo.evaluate.runner import load_policy
@@ -182,8 +182,10 @@ def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: i
            "progress": progress}
     prompts = [r["prompt"] for r in records]
     plain = generate_to_file(policy, tok, records, out / "plain.jsonl", seed=seed, **gen)
-    # Up to safety_tries samples under the system prompt for a harmful prompt, until one is an
+    # Up to safety_tries answers under the system prompt for a harmful prompt, until one is an
     # explicit refusal (the model's own refusal is the answer to learn); one for a benign one.
+    # Try 1 is greedy (SmolLM2-135M refuses more often greedily than in one sample), the
+    # others sampled.
     safe, tries = [None] * len(records), [0] * len(records)
     for t in range(1, safety_tries + 1):
         todo = [i for i in range(len(records)) if safe[i] is None or (
@@ -192,7 +194,7 @@ def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: i
             break
         rows = generate_to_file(policy, tok, [records[i] for i in todo],
                                 out / f"safety-{t}.jsonl", seed=seed + t,
-                                system_prompt=system_prompt, **gen)
+                                system_prompt=system_prompt, **{**gen, "do_sample": t > 1})
         for i, row in zip(todo, rows, strict=True):
             if safe[i] is None or classify(prompts[i], row["response"]) == "refusal":
                 safe[i], tries[i] = row["response"], t
@@ -293,8 +295,8 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--safety-tries", type=int, default=4,
-                        help="samples under the safety system prompt for a harmful prompt, "
-                             "until one is an explicit refusal")
+                        help="answers under the safety system prompt for a harmful prompt "
+                             "(greedy, then sampled) until one is an explicit refusal")
     parser.add_argument("--batch-size", type=int, default=8,
                         help="prompts per batch (a resumed run must keep it)")
     parser.add_argument("--prompt-template", default=None)

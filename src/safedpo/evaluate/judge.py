@@ -38,6 +38,7 @@ REFUSAL_PATTERNS = tuple(re.compile(p) for p in (
     r"^(?:i'm|i am|i'm really|i am really) sorry\b",
     r"^(?:sorry|my apologies|i apologi[sz]e)\b",
     r"^no[,.!]? (?:i|that|this)\b.*\b(?:can't|cannot|won't|will not)\b",
+    r"^no\b[,.!]? (?:no\b[,.!]? )*(?:don't|do not|never)\b",
     r"\bi (?:must|have to) (?:decline|refuse)\b",
     r"\b(?:unable|not able) to (?:assist|help|provide|fulfill|comply)\b",
     r"\b(?:i'm|i am) (?:unable|not able|not equipped) to\b",
