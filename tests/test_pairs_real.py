@@ -89,8 +89,15 @@ def test_pairs_crash_and_resume_equal_an_uninterrupted_run(smollm, tmp_path, mon
     assert _files(tmp_path / "resumed") == _files(tmp_path / "full")
 
 
-def test_pairs_refuses_to_resume_with_other_settings(smollm, tmp_path):
+def test_pairs_refuses_to_resume_with_other_settings_unless_overwrite(smollm, tmp_path):
     model, tok = smollm
-    make_pairs(model, SOURCES, tmp_path, tokenizer=tok, **{**SETTINGS, "max_prompts": 1})
+    one = {**SETTINGS, "max_prompts": 1, "max_new_tokens": 4, "safety_tries": 1}
+    make_pairs(model, SOURCES, tmp_path, tokenizer=tok, **one)
     with pytest.raises(ValueError, match=r"other settings \(n_prompts: 2 -> 4"):
-        make_pairs(model, SOURCES, tmp_path, tokenizer=tok, **SETTINGS)
+        make_pairs(model, SOURCES, tmp_path, tokenizer=tok, **{**one, "max_prompts": 2})
+    again = make_pairs(model, SOURCES, tmp_path, tokenizer=tok, overwrite=True,
+                       **{**one, "max_prompts": 2})
+    assert again["n_prompts"] == 4
+    assert len((tmp_path / "plain.jsonl").read_text().splitlines()) == 4
+    config = json.loads((tmp_path / "pairs_config.json").read_text())
+    assert config["n_prompts"] == 4 and config["safety_tries"] == 1

@@ -39,7 +39,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from safedpo.evaluate.generate import generate_to_file, load_prompt_records, write_jsonl
 from safedpo.evaluate.judge import OUTCOMES, classify
+from safedpo.evaluate.runner import load_policy
+from safedpo.evaluate.scorers import build_scorers, check_scorer_specs
+from safedpo.prompts import SAFETY_SYSTEM_PROMPT
 
 HELPFULNESS_RANK = {"compliance": 2, "refusal": 1, "nonanswer": 0}
 DROP_REASONS = ("identical answers", "non-answer to a harmful prompt", "equal helpfulness")
@@ -101,8 +105,6 @@ def _records(sources: list[str], max_prompts: int | None,
              holdout: str | None) -> tuple[list[dict], int]:
     """Prompt records of every source (the first ``max_prompts`` of each), without the prompts
     of ``holdout`` (the evaluation prompts). -> (records, number held out)."""
-    from safedpo.evaluate.generate import load_prompt_records
-
     held = {r["prompt"].strip().lower() for r in load_prompt_records(holdout)} if holdout else set()
     records, seen, n_held = [], set(), 0
     for source in sources:
@@ -126,9 +128,9 @@ def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
     """A resumed run must have the settings of the answers already there."""
     path = out / "pairs_config.json"
     if overwrite:
-        for path in [out / n for n in ("plain.jsonl", "pairs.jsonl", "dropped.jsonl",
-                                         "answers.jsonl")] + list(out.glob("safety-*.jsonl")):
-            path.unlink(missing_ok=True)
+        for stale in [out / n for n in ("plain.jsonl", "pairs.jsonl", "dropped.jsonl",
+                                          "answers.jsonl")] + list(out.glob("safety-*.jsonl")):
+            stale.unlink(missing_ok=True)
     elif path.exists():
         old = json.loads(path.read_text())
         diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
@@ -151,13 +153,8 @@ def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: i
     "cost:PATH" / "reward:PATH" (see the module docstring).
     ``model``: as for ``safedpo eval`` (a path, or a loaded model with ``tokenizer``).
     ``safety_tries``: answers under the system prompt for a harmful prompt (greedy, then
-    sampled) until one is an explicit refusal (the greedy one is kept when none is). Resumes: answers already in plain.jsonl
-    / safety-T.jsonl are not generated again."""
-    from safedpo.evaluate.generate import generate_to_file, write_jsonl
-    from safedpo.evaluate.runner import load_policy
-    from safedpo.evaluate.scorers import build_scorers, check_scorer_specs
-    from safedpo.prompts import SAFETY_SYSTEM_PROMPT
-
+    sampled) until one is an explicit refusal (the greedy one is kept when none is). Resumes:
+    answers already in plain.jsonl / safety-T.jsonl are not generated again."""
     specs = list(scorers or [])
     bad = [s for s in specs if s.partition(":")[0] not in ("cost", "reward") or ":" not in s]
     if bad:
@@ -170,9 +167,9 @@ def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: i
     out.mkdir(parents=True, exist_ok=True)
     records, n_held = _records(sources, max_prompts, holdout)
     policy, tok, template, name = load_policy(model, tokenizer, prompt_template, dtype)
-    settings = {"model": name, "prompts": "+".join(sources), "split": None,
-                "n_prompts": len(records), "prompt_template": template,
-                "max_new_tokens": max_new_tokens, "do_sample": True, "temperature": temperature,
+    settings = {"model": name, "prompts": "+".join(sources), "n_prompts": len(records),
+                "prompt_template": template, "max_new_tokens": max_new_tokens,
+                "temperature": temperature,
                 "top_p": top_p, "seed": seed, "batch_size": batch_size,
                 "system_prompt": system_prompt, "holdout": holdout, "scorers": specs,
                 "safety_tries": safety_tries}
