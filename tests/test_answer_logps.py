@@ -70,8 +70,10 @@ def test_evaluate_records_them_and_the_report_shows_the_shift(tiny, tmp_path):
     ref = evaluate(str(path), PROMPTS, tmp_path / "ref", label="ref", **common)
     assert len(ref["answer_logps"]["logps"]) == 3 and ref["outcomes"]["all"]
     evaluate(str(path), PROMPTS, tmp_path / "same", label="same", **common)
+    # string judges only: no reward, so --helpful cannot normalize (a warning, not an error)
     paths = write_report([tmp_path / "ref", tmp_path / "same"], tmp_path / "report",
-                         reference="ref", n_boot=50)
+                         reference="ref", helpful="same", n_boot=50)
     text = paths["markdown"].read_text()
     assert "| same | 0.00 [0.00, 0.00] | 0.00 [0.00, 0.00] |" in text  # same model: no shift
     assert "compliance, harmful" in text  # the outcome table
+    assert "No reward scorer: helpfulness is not measured" in text

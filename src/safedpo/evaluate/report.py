@@ -338,8 +338,12 @@ def write_report(eval_dirs: Sequence[str | Path], out_dir: str | Path, *,
         warnings.append("Runs were evaluated on different prompt sets: "
                         + "; ".join(f"{p} (n={n})" for p, n in sorted(prompt_sets, key=str)))
     notes = sorted({n for r in runs for n in r.metrics.get("notes", [])})
-    normalized = ref is not None and helpful_run is not None
     reward_scorer = (ref or runs[0]).metrics.get("reward_scorer")
+    # Without a reward scorer (string judges only) there is no helpfulness to normalize.
+    normalized = ref is not None and helpful_run is not None and reward_scorer is not None
+    if helpful_run is not None and reward_scorer is None:
+        warnings.append("No reward scorer: helpfulness is not measured (string judges only), so "
+                        f"{helpful_run.label} cannot set the normalized scale.")
     if normalized:
         r0, r10 = M.aligned_scores([ref.rows, helpful_run.rows], reward_scorer,
                                    [ref.label, helpful_run.label])
