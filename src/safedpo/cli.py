@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sacpo": ("safedpo.compare", "SACPO: DPO on helpfulness, then on harmlessness"),
     "sweep": ("safedpo.compare", "train one method over several values of Delta"),
     "eval": ("safedpo.evaluate.cli", "generate answers for a prompt set and score them"),
+    "pairs": ("safedpo.pairs", "on-policy safety pairs from an instruct model (PKU-SafeRLHF "
+              "schema)"),
     "report": ("safedpo.evaluate.cli", "one table and one plot over many evaluated runs"),
     "compare": ("safedpo.compare", "train, evaluate and report several methods on the same data"),
     "demo": ("safedpo.demo", "the whole pipeline on the synthetic safety world, on a CPU"),

@@ -64,7 +64,7 @@ from safedpo.evaluate.report import ReportSection, write_report
 # evaluate() keyword arguments a config's `evaluation:` section may set.
 EVAL_KEYS = ("prompts", "scorers", "split", "prompt_column", "max_prompts", "world_seed",
              "max_new_tokens", "do_sample", "temperature", "top_p", "seed", "batch_size",
-             "n_boot")
+             "n_boot", "answers")
 # TrainConfig keys that cannot change the trained model: left out of the reuse key.
 _NOT_IN_KEY = ("output_dir", "overwrite_output_dir", "disable_tqdm", "report_to",
                "logging_steps", "save_steps", "save_total_limit", "resume_from_checkpoint")
@@ -299,7 +299,7 @@ def eval_inputs(settings: dict) -> dict:
         if kind in ("reward", "cost") and path:
             models[spec] = _path_fingerprint(path)
     return {"prompts": None if world or prompts is None else _path_fingerprint(str(prompts)),
-            "scorer_models": models}
+            "scorer_models": models, "answers": _path_fingerprint(settings.get("answers"))}
 
 
 def _digest(key: dict) -> str:

