@@ -2,8 +2,10 @@
 
     python benchmarks/bench_trl.py            # 3 interleaved repetitions of every arm
     python benchmarks/bench_trl.py --quick    # smoke mode: tiny data, 4 steps, 1 repetition
+    python benchmarks/bench_trl.py --model smollm2   # SmolLM2-135M + LoRA: ours vs TRL + peft
 
-Builds a tiny model, tokenizer and data locally, then runs each arm (see workers.ARMS) in its
+Builds a model, tokenizer and data locally (workload.py: a tiny random Llama, or SmolLM2-135M
+with a LoRA adapter on both sides), then runs each arm (see workers.ARMS) in its
 own process, interleaved (trl, ours, trl, ours, ...; the order reverses every repetition),
 and prints tokens/s (non-pad prompt + chosen + rejected tokens over the steps after
 warm-up) and peak RSS with medians, spreads and ratios. It checks that both trainers did
@@ -39,9 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import report  # noqa: E402
 from machine import CpuMonitor  # noqa: E402
-from workload import Workload  # noqa: E402
+from workload import PRESETS, Workload  # noqa: E402
 
 QUICK = {"n_pairs": 32, "max_steps": 4, "warmup_steps": 1}
+# On SmolLM2 the like-for-like pair only: each run costs about a minute there.
+SMOLLM2_ARMS = ("trl_same", "ours_dpo")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,12 +54,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=3, help="repetitions of every arm (default 3)")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke mode: {QUICK}, 1 repetition (figures meaningless)")
-    p.add_argument("--arms", default=",".join(_arm_names()),
-                   help="comma-separated arms to run (default: all)")
+    p.add_argument("--model", choices=list(PRESETS), default="tiny",
+                   help="tiny: a 4.2M random Llama, full fine-tuning (default); smollm2: "
+                        "SmolLM2-135M-Instruct with LoRA, its own sizes and targets "
+                        "(workload.SMOLLM2, report.SMOLLM2_RATIOS)")
+    p.add_argument("--arms", help="comma-separated arms to run (default: all for tiny; "
+                                  f"{','.join(SMOLLM2_ARMS)} for smollm2; choose from "
+                                  f"{','.join(_arm_names())})")
     p.add_argument("--threads", type=int, default=2, help="torch threads per worker (default 2)")
-    p.add_argument("--steps", type=int, help="optimizer steps per run (default 30)")
-    p.add_argument("--warmup", type=int, help="steps left out of tokens/s (default 5)")
-    p.add_argument("--pairs", type=int, help="preference pairs (default 256)")
+    p.add_argument("--steps", type=int, help="optimizer steps per run (default 30; smollm2 12)")
+    p.add_argument("--warmup", type=int, help="steps left out of tokens/s (default 5; smollm2 2)")
+    p.add_argument("--pairs", type=int, help="preference pairs (default 256; smollm2 64)")
     p.add_argument("--length-jitter", type=int,
                    help="shorten responses by up to N words at random, so batches have padding")
     p.add_argument("--max-other-cpu", type=float, default=0.1,
@@ -168,11 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     from workers import ARMS, ours_order, ours_tokens
     from workload import build
 
-    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    default_arms = SMOLLM2_ARMS if args.model == "smollm2" else ARMS
+    arms = [a.strip() for a in (args.arms or ",".join(default_arms)).split(",") if a.strip()]
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         raise SystemExit(f"unknown arm(s) {unknown}; choose from {list(ARMS)}")
-    workload = Workload(**(QUICK if args.quick else {}))
+    workload = Workload(**{**PRESETS[args.model], **(QUICK if args.quick else {})})
     overrides = {"max_steps": args.steps, "warmup_steps": args.warmup, "n_pairs": args.pairs,
                  "length_jitter": args.length_jitter}
     workload = replace(workload, **{k: v for k, v in overrides.items() if v is not None})
@@ -187,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         (workdir / "order.json").write_text(json.dumps(order))
         ours_digest, tokens_per_pair = ours_tokens(workdir, workload, order)
         step_tokens = report.tokens_per_step(tokens_per_pair, order, workload.batch_size)
-        print(f"model: {built['n_params'] / 1e6:.2f}M parameters, vocab {workload.vocab_size}; "
+        lora = f", LoRA r={workload.lora_r} alpha={workload.lora_alpha}" if workload.lora_r else ""
+        print(f"model {workload.model}: {built['n_params'] / 1e6:.2f}M parameters, vocab "
+              f"{built['vocab_size']}{lora}; "
               f"{workload.n_pairs} pairs, batch {workload.batch_size}, {workload.max_steps} steps "
               f"({workload.warmup_steps} warm-up), {args.threads} torch threads per worker",
               flush=True)
@@ -219,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             "busy_limit_cores": args.max_other_cpu,
             "arms": {a: report.arm_summary(ARMS[a].label, runs_by_arm[a])
                      for a in arms},
-            "ratios": report.ratio_rows(runs_by_arm),
+            "ratios": report.ratio_rows(runs_by_arm, report.RATIOS_BY_MODEL[workload.model]),
             "losses": report.loss_rows(runs_by_arm),
             "ids_identical": ids_identical,
             "runs": [{k: v for k, v in r.items() if k not in ("step_ends", "step_cpu")}

@@ -26,6 +26,17 @@ RATIOS = [
      False),
     ("ours_dpo", "trl_same", "peak RSS vs TRL, same settings", 1.0, "rss", True),
 ]
+# The SmolLM2 + LoRA workload (issue 13): the same arms, on a 49,152-token vocabulary, where
+# TRL's full-vocabulary logits at every position cost most.
+SMOLLM2_RATIOS = [
+    ("ours_dpo", "trl_same", "tokens/s, LoRA, vs TRL + peft, same settings", 1.5, "speed", True),
+    ("ours_dpo", "trl_same", "peak RSS, LoRA, vs TRL + peft, same settings", 0.8, "rss", True),
+    ("ours_dpo_bf16", "trl_default", "tokens/s, LoRA, vs TRL + peft defaults, same precision",
+     None, "speed", True),
+    ("ours_dpo_bf16", "trl_default", "peak RSS, LoRA, vs TRL + peft defaults, same precision",
+     None, "rss", True),
+]
+RATIOS_BY_MODEL = {"tiny": RATIOS, "smollm2": SMOLLM2_RATIOS}
 PAR_MIN_REPS = 3
 
 # Runs that must do the same math: step losses agree to LOSS_TOL at every step.
@@ -95,14 +106,14 @@ def par_verdict(paired: list[float], tolerance: float) -> str:
             f"{min(paired):.2f}-{max(paired):.2f}, across parity (noise)")
 
 
-def ratio_rows(runs_by_arm: dict[str, list[dict]]) -> list[dict]:
-    """Every RATIOS entry whose arms both ran: the ratio (of medians; for "par" rows the median
-    of the paired ratios), the per-repetition (paired, same repetition) range, the precisions
-    really used, the target and its verdict: "met", "MISSED", or "not judged: <why>" when a
+def ratio_rows(runs_by_arm: dict[str, list[dict]], ratios: list[tuple] = RATIOS) -> list[dict]:
+    """Every ``ratios`` entry (default: the tiny model's) whose arms both ran: the ratio (of
+    medians; for "par" rows the median of the paired ratios), the per-repetition (paired, same
+    repetition) range, the precisions really used, the target and its verdict: "met", "MISSED", or "not judged: <why>" when a
     like-for-like row ran at different precisions or, for timings, when machine load was not
     measured or a run was flagged busy."""
     rows = []
-    for num, den, what, target, kind, alike in RATIOS:
+    for num, den, what, target, kind, alike in ratios:
         if num not in runs_by_arm or den not in runs_by_arm:
             continue
         a, b = runs_by_arm[num], runs_by_arm[den]

