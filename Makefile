@@ -17,7 +17,7 @@ DEMO_ARGS   ?=
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-.PHONY: setup demo test bench real clean
+.PHONY: setup demo test bench bench-smollm2 real clean
 
 setup: $(STAMP)
 
@@ -56,6 +56,10 @@ test: $(TEST_STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS),bench]"
 	$(PY) benchmarks/bench_trl.py $(BENCH_ARGS)
+
+# Issue 13: SmolLM2-135M-Instruct + LoRA, ours vs TRL + peft (~10 min on 2 cores, estimated).
+bench-smollm2:
+	$(MAKE) bench BENCH_ARGS="--model smollm2 --out bench_out/smollm2 $(BENCH_ARGS)"
 
 # The real-model experiment (configs/compare-real.yaml): on-policy pairs from
 # SmolLM2-135M-Instruct, held-out answers for the log-prob shift, then train + evaluate + report.

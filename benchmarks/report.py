@@ -109,9 +109,9 @@ def par_verdict(paired: list[float], tolerance: float) -> str:
 def ratio_rows(runs_by_arm: dict[str, list[dict]], ratios: list[tuple] = RATIOS) -> list[dict]:
     """Every ``ratios`` entry (default: the tiny model's) whose arms both ran: the ratio (of
     medians; for "par" rows the median of the paired ratios), the per-repetition (paired, same
-    repetition) range, the precisions really used, the target and its verdict: "met", "MISSED", or "not judged: <why>" when a
-    like-for-like row ran at different precisions or, for timings, when machine load was not
-    measured or a run was flagged busy."""
+    repetition) range, the precisions really used, the target and its verdict: "met",
+    "MISSED", or "not judged: <why>" when a like-for-like row ran at different precisions or,
+    for timings, when machine load was not measured or a run was flagged busy."""
     rows = []
     for num, den, what, target, kind, alike in ratios:
         if num not in runs_by_arm or den not in runs_by_arm:

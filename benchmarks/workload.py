@@ -27,7 +27,8 @@ class Workload:
     n_pairs: int = 256
     prompt_tokens: int = 64
     response_tokens: int = 64
-    # Responses are 64 - U(0, length_jitter) words long, so padding is exercised (0 = fixed).
+    # Responses are response_tokens - U(0, length_jitter) words long, so padding is exercised
+    # (0 = fixed).
     length_jitter: int = 0
     vocab_size: int = 2048  # tiny model only, as the 4 fields below
     hidden_size: int = 256

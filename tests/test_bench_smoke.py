@@ -69,6 +69,20 @@ def test_ratios_targets_and_busy_runs_not_judged():
     assert missed[0]["ratio"] == pytest.approx(310 / 280) and missed[0]["verdict"] == "MISSED"
 
 
+def test_smollm2_lora_targets():
+    # issue 13: at least 1.5x TRL + peft's tokens/s at no more than 0.8x its peak RSS
+    ours, trl = _runs([150.0, 160.0, 149.0]), _runs([100.0] * 3)
+    for r in ours:
+        r["peak_rss_bytes"] = 80.0
+    speed, rss = report.ratio_rows({"ours_dpo": ours, "trl_same": trl}, report.SMOLLM2_RATIOS)
+    assert (speed["ratio"], speed["verdict"]) == (pytest.approx(1.5), "met")
+    assert (rss["ratio"], rss["verdict"]) == (pytest.approx(0.8), "met")
+    for r in ours:
+        r.update(tokens_per_s=140.0, peak_rss_bytes=85.0)
+    rows = report.ratio_rows({"ours_dpo": ours, "trl_same": trl}, report.SMOLLM2_RATIOS)
+    assert [r["verdict"] for r in rows] == ["MISSED", "MISSED"]
+
+
 def test_like_for_like_rows_not_judged_when_precisions_differ():
     # no native bf16: our bf16 arm fell back to fp32 while TRL's defaults autocast to bf16
     rows = _rows({"ours_dpo_bf16": _runs([400.0] * 3, precision="fp32"),
