@@ -55,7 +55,7 @@ from accelerate import PartialState
 
 from safedpo import saferlhf
 from safedpo import train as engine
-from safedpo.checkpoint import weights_fingerprint
+from safedpo.checkpoint import list_checkpoints, weights_fingerprint
 from safedpo.config import (FIELDS, SAFERLHF, ConfigError, Layer, add_config_options,
                             args_layer, check_keys, parse_overrides, read_yaml, resolve)
 from safedpo.evaluate import runner
@@ -77,6 +77,9 @@ _TOP = {
     "sacpo": ("output_dir", "base", "helpful", "harmless"),
 }
 KEY_FILE = "compare_key.json"  # in every run dir / eval dir this module produced
+# The key of a training run that started and has not finished yet: if it matches when the
+# stage runs again, the run goes on from its latest checkpoint.
+STARTED_FILE = "compare_started.json"
 
 
 # --- config resolution ----------------------------------------------------------------------
@@ -306,8 +309,8 @@ def _digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _key_matches(directory: Path, key: dict, *needed: str) -> bool:
-    f = directory / KEY_FILE
+def _key_matches(directory: Path, key: dict, *needed: str, name: str = KEY_FILE) -> bool:
+    f = directory / name
     if not f.is_file() or any(not (directory / n).exists() for n in needed):
         return False
     try:
@@ -329,10 +332,10 @@ def finished_runs(root: Path) -> dict[str, Path]:
     return found
 
 
-def _write_key(directory: Path, key: dict) -> None:
-    tmp = directory / (KEY_FILE + ".tmp")
+def _write_key(directory: Path, key: dict, name: str = KEY_FILE) -> None:
+    tmp = directory / (name + ".tmp")
     tmp.write_text(json.dumps({"digest": _digest(key), "key": key}, indent=2, default=str))
-    tmp.replace(directory / KEY_FILE)
+    tmp.replace(directory / name)
 
 
 # --- running --------------------------------------------------------------------------------
@@ -344,6 +347,7 @@ def _state():
 def train_stage(stage: Stage, *, force: bool = False, done: dict | None = None
                 ) -> tuple[dict, bool]:
     """Train one stage unless an identical run is already there. -> (summary, reused).
+    An interrupted run of the same key (``force`` aside) goes on from its latest checkpoint.
 
     ``done``: {key digest: run dir} of finished runs (this invocation's and those found on
     disk); a stage with the same key as another method's run (e.g. SACPO's stage 1 and
@@ -362,8 +366,16 @@ def train_stage(stage: Stage, *, force: bool = False, done: dict | None = None
         summary = json.loads((stage.run_dir / "train_summary.json").read_text())
         if not summary.get("interrupted"):
             return summary, True
-    config.overwrite_output_dir = True  # our own previous run of this stage, now stale
     (stage.run_dir / KEY_FILE).unlink(missing_ok=True)  # a crash must not leave a stale key
+    if not force and _key_matches(stage.run_dir, key, name=STARTED_FILE) \
+            and list_checkpoints(stage.run_dir):
+        config.resume_from_checkpoint = "latest"  # the same run, interrupted: go on with it
+    else:
+        config.overwrite_output_dir = True  # our own previous run of this stage, now stale
+    if _state().is_main_process:
+        stage.run_dir.mkdir(parents=True, exist_ok=True)
+        _write_key(stage.run_dir, key, STARTED_FILE)
+    _state().wait_for_everyone()
     if stage.objective == "sft":
         summary = engine.sft(config)
     elif config.loss_type == SAFERLHF:  # PPO-Lagrangian, not a preference loss: its own loop
@@ -376,6 +388,7 @@ def train_stage(stage: Stage, *, force: bool = False, done: dict | None = None
                                 f"{stage.run_dir / 'checkpoints'})")
     if _state().is_main_process:
         _write_key(stage.run_dir, key)
+        (stage.run_dir / STARTED_FILE).unlink()
     _state().wait_for_everyone()
     return summary, False
 
