@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "schema)"),
     "report": ("safedpo.evaluate.cli", "one table and one plot over many evaluated runs"),
     "compare": ("safedpo.compare", "train, evaluate and report several methods on the same data"),
-    "demo": ("safedpo.demo", "the whole pipeline on the synthetic safety world, on a CPU"),
+    "demo": ("safedpo.cli_demo", "the whole pipeline on the synthetic safety world, on a CPU"),
 }
 
 
