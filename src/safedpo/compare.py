@@ -370,9 +370,11 @@ def train_stage(stage: Stage, *, force: bool = False, done: dict | None = None
         if not summary.get("interrupted"):
             return summary, True
     (stage.run_dir / KEY_FILE).unlink(missing_ok=True)  # a crash must not leave a stale key
-    if not force and _key_matches(stage.run_dir, key, name=STARTED_FILE) \
-            and list_checkpoints(stage.run_dir):
-        config.resume_from_checkpoint = "latest"  # the same run, interrupted: go on with it
+    resume = not force and _key_matches(stage.run_dir, key, name=STARTED_FILE) \
+        and bool(list_checkpoints(stage.run_dir))
+    _state().wait_for_everyone()  # every process has decided before the file is rewritten
+    if resume:  # the same run, interrupted: go on with it
+        config.resume_from_checkpoint = "latest"
     else:
         config.overwrite_output_dir = True  # our own previous run of this stage, now stale
     if _state().is_main_process:
