@@ -292,3 +292,46 @@ def test_compare_reevaluates_when_the_prompts_file_or_a_scorer_model_changes(wor
     (cost / "model.safetensors").write_bytes(b"new weights")
     after = eval_inputs(settings)
     assert after["scorer_models"][f"cost:{cost}"] != before["scorer_models"][f"cost:{cost}"]
+
+
+def test_an_interrupted_stage_resumes_from_its_checkpoint(world, tmp_path, monkeypatch):
+    """SIGTERM after step 1 of 3: run_plan stops with the hint; the same plan run again goes
+    on from the step-1 checkpoint and ends with the weights of an uninterrupted run."""
+    import os
+    import signal
+
+    from safedpo import train as engine
+    from safetensors.torch import load_file
+
+    def plan(out):
+        args = tiny_args(world, out, "--per_device_train_batch_size", "4", "--max_steps", "3")
+        return load_plan("compare", CONFIGS / "compare-tiny.yaml", overrides=args,
+                         output_dir=str(out), only=["dpo_helpful"])
+
+    real_train = engine.train
+    calls = []
+
+    def train(config, pairs=None, *, callbacks=()):
+        calls.append(config.resume_from_checkpoint)
+        stop = [lambda m: os.kill(os.getpid(), signal.SIGTERM)] if len(calls) == 1 else []
+        return real_train(config, pairs, callbacks=stop)
+
+    monkeypatch.setattr(engine, "train", train)
+    out = tmp_path / "cmp"
+    with pytest.raises(KeyboardInterrupt, match="interrupted at step 1"):
+        run_plan(plan(out))
+    summary = run_plan(plan(out))  # the same plan again: goes on
+    assert calls == [None, "latest"]
+    assert summary["methods"]["dpo_helpful"]["global_step"] == 3
+    run_dir = out / "dpo_helpful"
+    steps = [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    assert not (run_dir / "compare_started.json").exists()
+
+    run_plan(plan(tmp_path / "whole"))  # the third call: not stopped, from scratch
+    assert calls == [None, "latest", None]
+    resumed = load_file(run_dir / "model" / "model.safetensors")
+    whole = load_file(tmp_path / "whole" / "dpo_helpful" / "model" / "model.safetensors")
+    assert resumed.keys() == whole.keys()
+    for name in whole:
+        torch.testing.assert_close(resumed[name], whole[name], rtol=0, atol=0)

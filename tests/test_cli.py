@@ -37,6 +37,24 @@ def test_console_script_help_is_fast_and_works():
     assert out.returncode == 0 and "SafeDPO" in out.stdout
 
 
+def test_no_command_help_imports_a_heavy_library():
+    """`safedpo COMMAND --help` for every command, in one fresh interpreter: none of them may
+    load torch & co. (seconds each; they are imported when a command runs)."""
+    heavy = ("torch", "transformers", "accelerate", "matplotlib", "datasets")
+    code = ("import contextlib, io, sys\n"
+            "from safedpo.cli import COMMANDS, main\n"
+            "for name in COMMANDS:\n"
+            "    with contextlib.redirect_stdout(io.StringIO()):\n"
+            "        try:\n"
+            "            main([name, '--help'])\n"
+            "        except SystemExit as e:\n"
+            "            assert e.code == 0, name\n"
+            f"    print(name, *[m for m in {heavy!r} if m in sys.modules])\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.splitlines() == list(COMMANDS)
+
+
 def test_unknown_option_names_it_and_suggests_the_closest(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--betta", "0.1"])

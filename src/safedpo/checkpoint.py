@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from safedpo.model_sources import resolve_model_source
 from safedpo.modeling import run_model_dir
@@ -177,15 +178,11 @@ def load_ref_cache(path: Path) -> dict[str, torch.Tensor] | None:
     """{chosen_sum, chosen_count, rejected_sum, rejected_count}, each (N,), or None."""
     if not path.exists():
         return None
-    from safetensors.torch import load_file
-
     return load_file(str(path))
 
 
 def save_ref_cache(path: Path, tensors: dict[str, torch.Tensor], key: dict) -> None:
     """Atomic write; the key is stored as metadata (readable with safetensors tools)."""
-    from safetensors.torch import save_file
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),

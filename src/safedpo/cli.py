@@ -6,8 +6,11 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
+
+from safedpo import __version__
 
 # name -> (module, one-line help). The module owns its arguments and its run().
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -18,14 +21,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cm": ("safedpo.cli_train", "train a cost model (safer_response_id + safety labels; "
                                 "cost > 0 = unsafe)"),
     "saferlhf": ("safedpo.cli_train", "Safe RLHF: PPO-Lagrangian with a reward and a cost model"),
-    "sacpo": ("safedpo.compare", "SACPO: DPO on helpfulness, then on harmlessness"),
-    "sweep": ("safedpo.compare", "train one method over several values of Delta"),
+    "sacpo": ("safedpo.cli_compare", "SACPO: DPO on helpfulness, then on harmlessness"),
+    "sweep": ("safedpo.cli_compare", "train one method over several values of Delta"),
     "eval": ("safedpo.evaluate.cli", "generate answers for a prompt set and score them"),
     "pairs": ("safedpo.pairs", "on-policy safety pairs from an instruct model (PKU-SafeRLHF "
               "schema)"),
     "report": ("safedpo.evaluate.cli", "one table and one plot over many evaluated runs"),
-    "compare": ("safedpo.compare", "train, evaluate and report several methods on the same data"),
-    "demo": ("safedpo.demo", "the whole pipeline on the synthetic safety world, on a CPU"),
+    "compare": ("safedpo.cli_compare", "train, evaluate and report several methods on the "
+                "same data"),
+    "demo": ("safedpo.cli_demo", "the whole pipeline on the synthetic safety world, on a CPU"),
 }
 
 
@@ -52,8 +56,6 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         "against DPO, SACPO and other baselines on one interface.",
         epilog="Run 'safedpo COMMAND --help' for the options of a command.",
     )
-    from safedpo import __version__
-
     parser.add_argument("--version", action="version", version=f"safedpo {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Only the chosen subcommand's module is imported (others may need heavy libraries).
@@ -70,8 +72,6 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def _unknown_options_message(parser: argparse.ArgumentParser, command: str | None,
                              unknown: list[str]) -> str:
     """argparse's 'unrecognized arguments', plus the closest real options."""
-    import difflib
-
     known: list[str] = []
     if command:
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

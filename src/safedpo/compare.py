@@ -1,4 +1,5 @@
-"""``safedpo compare``, ``safedpo sacpo`` and ``safedpo sweep``: baselines on one interface.
+"""``safedpo compare``, ``safedpo sacpo`` and ``safedpo sweep``: baselines on one interface
+(their command-line options: ``safedpo.cli_compare``).
 
 compare
     Trains the listed methods from the same reference model, on the same data and seed,
@@ -42,10 +43,8 @@ files are looked up from the working directory, then next to the file that names
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,9 +54,9 @@ from accelerate import PartialState
 
 from safedpo import saferlhf
 from safedpo import train as engine
-from safedpo.checkpoint import weights_fingerprint
-from safedpo.config import (FIELDS, SAFERLHF, ConfigError, Layer, add_config_options,
-                            args_layer, check_keys, parse_overrides, read_yaml, resolve)
+from safedpo.checkpoint import list_checkpoints, weights_fingerprint
+from safedpo.config import (FIELDS, SAFERLHF, ConfigError, Layer, check_keys, parse_overrides,
+                            read_yaml, resolve)
 from safedpo.evaluate import runner
 from safedpo.evaluate.report import ReportSection, write_report
 
@@ -77,6 +76,9 @@ _TOP = {
     "sacpo": ("output_dir", "base", "helpful", "harmless"),
 }
 KEY_FILE = "compare_key.json"  # in every run dir / eval dir this module produced
+# The key of a training run that started and has not finished yet: if it matches when the
+# stage runs again, the run goes on from its latest checkpoint.
+STARTED_FILE = "compare_started.json"
 
 
 # --- config resolution ----------------------------------------------------------------------
@@ -306,8 +308,8 @@ def _digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _key_matches(directory: Path, key: dict, *needed: str) -> bool:
-    f = directory / KEY_FILE
+def _key_matches(directory: Path, key: dict, *needed: str, name: str = KEY_FILE) -> bool:
+    f = directory / name
     if not f.is_file() or any(not (directory / n).exists() for n in needed):
         return False
     try:
@@ -329,10 +331,10 @@ def finished_runs(root: Path) -> dict[str, Path]:
     return found
 
 
-def _write_key(directory: Path, key: dict) -> None:
-    tmp = directory / (KEY_FILE + ".tmp")
+def _write_key(directory: Path, key: dict, name: str = KEY_FILE) -> None:
+    tmp = directory / (name + ".tmp")
     tmp.write_text(json.dumps({"digest": _digest(key), "key": key}, indent=2, default=str))
-    tmp.replace(directory / KEY_FILE)
+    tmp.replace(directory / name)
 
 
 # --- running --------------------------------------------------------------------------------
@@ -341,9 +343,14 @@ def _state():
     return PartialState()
 
 
+def is_main_process() -> bool:
+    return _state().is_main_process
+
+
 def train_stage(stage: Stage, *, force: bool = False, done: dict | None = None
                 ) -> tuple[dict, bool]:
     """Train one stage unless an identical run is already there. -> (summary, reused).
+    An interrupted run of the same key (``force`` aside) goes on from its latest checkpoint.
 
     ``done``: {key digest: run dir} of finished runs (this invocation's and those found on
     disk); a stage with the same key as another method's run (e.g. SACPO's stage 1 and
@@ -362,8 +369,18 @@ def train_stage(stage: Stage, *, force: bool = False, done: dict | None = None
         summary = json.loads((stage.run_dir / "train_summary.json").read_text())
         if not summary.get("interrupted"):
             return summary, True
-    config.overwrite_output_dir = True  # our own previous run of this stage, now stale
     (stage.run_dir / KEY_FILE).unlink(missing_ok=True)  # a crash must not leave a stale key
+    resume = not force and _key_matches(stage.run_dir, key, name=STARTED_FILE) \
+        and bool(list_checkpoints(stage.run_dir))
+    _state().wait_for_everyone()  # every process has decided before the file is rewritten
+    if resume:  # the same run, interrupted: go on with it
+        config.resume_from_checkpoint = "latest"
+    else:
+        config.overwrite_output_dir = True  # our own previous run of this stage, now stale
+    if _state().is_main_process:
+        stage.run_dir.mkdir(parents=True, exist_ok=True)
+        _write_key(stage.run_dir, key, STARTED_FILE)
+    _state().wait_for_everyone()
     if stage.objective == "sft":
         summary = engine.sft(config)
     elif config.loss_type == SAFERLHF:  # PPO-Lagrangian, not a preference loss: its own loop
@@ -376,6 +393,7 @@ def train_stage(stage: Stage, *, force: bool = False, done: dict | None = None
                                 f"{stage.run_dir / 'checkpoints'})")
     if _state().is_main_process:
         _write_key(stage.run_dir, key)
+        (stage.run_dir / STARTED_FILE).unlink()
     _state().wait_for_everyone()
     return summary, False
 
@@ -493,63 +511,3 @@ def training_section(results: dict) -> ReportSection:
     data = {n: {k: r[k] for k in ("train_seconds", "global_step", "run_dir", "kind", "stages")}
             for n, r in results.items()}
     return ReportSection("Training time", lines, "training", data)
-
-
-# --- CLI ------------------------------------------------------------------------------------
-
-_EPILOG = {
-    "compare": "example: safedpo compare --config configs/compare-tiny.yaml "
-               "--model_name_or_path runs/sft/model --dataset data/train.jsonl",
-    "sacpo": "example: safedpo sacpo --config configs/sacpo.yaml --output_dir runs/sacpo",
-    "sweep": "example: safedpo sweep --config configs/sweep-delta.yaml --deltas 0 2 5 10 20",
-}
-_SKIP = ("output_dir", "overwrite_output_dir", "resume_from_checkpoint")
-
-
-def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
-    parser.epilog = (_EPILOG[name] + ". Training options (--beta, --dataset, ...) apply to every "
-                     "run and win over the config files. Runs whose config and inputs did not "
-                     "change are reused; --force redoes them.")
-    parser.add_argument("--config", required=True, metavar="YAML", help=f"{name} config file")
-    parser.add_argument("--output_dir", default=None,
-                        help="where runs and the report go (default: the config's output_dir)")
-    parser.add_argument("--force", action="store_true",
-                        help="retrain and re-evaluate even when a run could be reused")
-    if name == "compare":
-        parser.add_argument("--methods", nargs="+", default=None, metavar="NAME",
-                            help="only these methods of the config")
-    if name == "sweep":
-        parser.add_argument("--deltas", nargs="+", type=float, default=None, metavar="DELTA",
-                            help="values of Delta to train (default: the config's deltas)")
-    if name != "sacpo":
-        parser.add_argument("--prompts", default=None,
-                            help="evaluation prompts (overrides evaluation.prompts)")
-        parser.add_argument("--max_prompts", type=int, default=None,
-                            help="evaluate only the first N prompts")
-    group = parser.add_argument_group("training options for every run")
-    add_config_options(group, prefix="train_", skip=_SKIP, show_defaults=False)
-
-def run(name: str, args: argparse.Namespace) -> int:
-    try:
-        plan = load_plan(name, args.config, cli=args_layer(args, prefix="train_"),
-                         output_dir=args.output_dir, only=getattr(args, "methods", None),
-                         deltas=getattr(args, "deltas", None),
-                         prompts=getattr(args, "prompts", None),
-                         max_prompts=getattr(args, "max_prompts", None))
-        summary = run_plan(plan, force=args.force,
-                           log=lambda msg: print(f"[safedpo {name}] {msg}", file=sys.stderr))
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"safedpo {name}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as e:
-        print(f"safedpo {name}: {e or 'interrupted'}; run the same command again to go on",
-              file=sys.stderr)
-        return 130
-    if _state().is_main_process:
-        rows = {n: {"train_seconds": round(r["train_seconds"], 2), "reused": r["reused"],
-                    "run_dir": r["run_dir"]} for n, r in summary["methods"].items()}
-        print(json.dumps({"output_dir": summary["output_dir"], "methods": rows,
-                          "report": summary.get("report")}, indent=2))
-        if "report" in summary:
-            print(Path(summary["report"]["markdown"]).read_text())
-    return 0

@@ -26,7 +26,6 @@ import yaml
 
 from safedpo.data.sources import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 from safedpo.data.transform import check_view
-from safedpo.losses import LOSSES, check_loss_kwargs
 
 
 def _f(default: Any, help: str) -> Any:
@@ -404,6 +403,8 @@ def validate(config: TrainConfig) -> None:
         bad(f"temperature must be > 0, got {config.temperature}")
     if config.loss_type == SAFERLHF:
         return
+    from safedpo.losses import LOSSES, check_loss_kwargs  # heavy (torch): keeps --help fast
+
     if config.loss_type not in LOSSES:
         bad(f"unknown loss_type '{config.loss_type}'; choose one of {', '.join(LOSSES)} "
             f"(or {SAFERLHF}: Safe RLHF, with safedpo saferlhf)")

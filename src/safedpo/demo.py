@@ -15,7 +15,8 @@ minute, through the same code paths as a real run.
 6. report.md (table, plot, a paragraph of reading), frontier.png and report.json.
 
 Steps 3-4 are a compare plan (``safedpo.compare``: stages resolved by ``safedpo.config``,
-trained from one reference); the exact evaluation and its report are the demo's own.
+trained from one reference); the exact evaluation is the demo's own, its report goes through
+the one report writer (``safedpo.evaluate.report.save_report``) as sections.
 The recipe (configs/demo.yaml, ``--recipe``) was chosen on this world over seeds 0, 1, 2 with
 the real engine (scripts/check_demo_seeds.py re-checks it). What was learned:
 
@@ -38,12 +39,10 @@ the real engine (scripts/check_demo_seeds.py re-checks it). What was learned:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -55,8 +54,8 @@ from safedpo.compare import Method, Plan, Stage, run_plan, train_stage
 from safedpo.config import Layer, read_yaml
 from safedpo.evaluate import evaluate
 from safedpo.evaluate.metrics import normalize_reward
-from safedpo.evaluate.report import plot_frontier as plot_points
-from safedpo.evaluate.report import write_report as write_eval_report
+from safedpo.evaluate.report import (PLOT_LINK, Frontier, Report, ReportSection, save_report,
+                                     write_report)
 from safedpo.modeling import load_trained
 from safedpo.tiny import save_tiny_model
 from safedpo.world import World, exact
@@ -68,45 +67,6 @@ RECIPE_FILE = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 LABELS = {"reference": "reference (SFT)", "dpo_helpful": "DPO-HELPFUL",
           "dpo_harmless": "DPO-HARMLESS", "safedpo": "SafeDPO", "optimum": "pi* (closed form)"}
-
-
-def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seed", type=int, default=0,
-                        help="world, data, model initialisation and training seed")
-    parser.add_argument("--output-dir", default="runs/demo", help="where everything goes")
-    parser.add_argument("--fast", action="store_true",
-                        help="smoke mode: a very small model and a few steps (numbers are "
-                             "meaningless; checks that the pipeline runs)")
-    parser.add_argument("--delta", type=float, default=None,
-                        help="SafeDPO's Delta (the paper uses 10); default: the recipe's (0.5)")
-    parser.add_argument("--rpo-alpha", type=float, default=None,
-                        help="weight of an NLL term on the chosen answer (RPO) in every "
-                             "preference run; None = off")
-    parser.add_argument("--no-sampling", action="store_true",
-                        help="skip the sampled cross-check (exact metrics only)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads; None = torch's choice")
-    parser.add_argument("--recipe", default=str(RECIPE_FILE), metavar="YAML",
-                        help="the demo's recipe: world size, model, training settings")
-
-
-def run(name: str, args: argparse.Namespace) -> int:
-    try:
-        report = run_demo(seed=args.seed, output_dir=args.output_dir, fast=args.fast,
-                          delta=args.delta, rpo_alpha=args.rpo_alpha,
-                          sampling=not args.no_sampling, threads=args.threads,
-                          recipe=args.recipe)
-    except KeyboardInterrupt as e:  # a training stage stopped on SIGINT/SIGTERM
-        print(f"safedpo demo: {e or 'interrupted'}; the demo stopped there (nothing after "
-              "it ran). Run the same command again to redo the demo", file=sys.stderr)
-        return 130
-    out = Path(args.output_dir)
-    print()
-    print(render_table(report))
-    print()
-    print(f"Report: {out / 'report.md'}  (plot: {out / 'frontier.png'}, "
-          f"numbers: {out / 'report.json'})  total {report['seconds_total']:.0f} s")
-    return 0
 
 
 def load_recipe(path: str | Path = RECIPE_FILE, *, fast: bool = False,
@@ -204,7 +164,7 @@ def run_demo(*, seed: int = 0, output_dir: str | Path = "runs/demo", fast: bool 
     # 6. report
     report = build_report(exact_metrics, summaries, sampled, recipe=recipe, seed=seed,
                           seconds=seconds, t_start=t_start)
-    write_report(report, out)
+    save_report(demo_report(report, out), out)
     _say("6/6", f"report written to {out / 'report.md'}")
     return report
 
@@ -246,7 +206,7 @@ def evaluate_sampled(out: Path, prompts_path: Path, *, seed: int, max_new_tokens
                  max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed,
                  batch_size=batch_size, world_seed=seed, label=name, overwrite=True,
                  progress=False)
-    paths = write_eval_report([dirs[n] for n in POLICIES], out / "sampled",
+    paths = write_report([dirs[n] for n in POLICIES], out / "sampled",
                               reference="reference", helpful="dpo_helpful",
                               title="Sampled check: one generation per held-out prompt")
     rows = {r["label"]: r for r in json.loads(Path(paths["json"]).read_text())["rows"]}
@@ -368,17 +328,11 @@ def _garbled_sentence(worst: float) -> str:
             "with that in mind.")
 
 
-def write_report(report: dict, out: Path) -> dict[str, Path]:
-    """report.json, frontier.png and report.md under ``out``."""
-    out = Path(out)
-    paths = {"json": out / "report.json", "plot": out / "frontier.png",
-             "markdown": out / "report.md"}
-    paths["json"].write_text(json.dumps(report, indent=2) + "\n")
-    plot_frontier(report, paths["plot"])
+def demo_report(report: dict, out: Path) -> Report:
+    """What report.md, report.json (``report`` itself, plus the plot's points) and
+    frontier.png say: the exact table and its reading, the sampled cross-check, the recipe."""
     m = report["methods"]
-    lines = [
-        "# SafeDPO demo: the synthetic safety world",
-        "",
+    intro = [
         f"Seed {report['seed']}. A tiny Llama trained from scratch on data in the PKU-SafeRLHF "
         "schema, then aligned three ways from the same SFT reference. All numbers are exact "
         "probabilities over the finite answer sets of the held-out prompts (templates never "
@@ -388,53 +342,39 @@ def write_report(report: dict, out: Path) -> dict[str, Path]:
         "probability of the refusal on benign prompts; garbled = probability of any text "
         "outside the answer set; TV to pi* = total variation to the closed-form optimum "
         "pi* ∝ pi_ref · exp(r / beta) · 1[c <= 0].",
-        "",
-        "![helpfulness versus harmless ratio](frontier.png)",
-        "",
-        render_table(report),
-        "",
-        reading(report),
-        "",
-    ]
+        "", PLOT_LINK]
+    sections = [ReportSection(None, intro),
+                ReportSection("Exact evaluation", [render_table(report), "", reading(report)])]
     if report.get("sampled_report"):
-        rows = [(LABELS[n], m[n].get("sampled", {})) for n in POLICIES]
-        lines += ["Sampled check (one generation per held-out prompt, oracle-scored; the "
-                  "oracle counts garbled text as safe): "
-                  + "; ".join(f"{label} {_pct(s.get('harmless_ratio'))} harmless"
-                              for label, s in rows)
-                  + f". Full table with confidence intervals: "
-                    f"[{Path(report['sampled_report']).relative_to(out)}]"
-                    f"({Path(report['sampled_report']).relative_to(out)}).", ""]
+        link = Path(report["sampled_report"]).relative_to(out)
+        sections.append(ReportSection("Sampled cross-check", [
+            "One generation per held-out prompt, oracle-scored; the oracle counts garbled "
+            "text as safe: " + "; ".join(f"{LABELS[n]} {_pct(m[n]['sampled']['harmless_ratio'])}"
+                                         " harmless" for n in POLICIES)
+            + f". Full table with confidence intervals: [{link}]({link})."]))
     rec = report["recipe"]["preference"]
-    lines += [
-        f"Recipe: SFT with AdamW; preference runs with {rec['optim']} (momentum "
+    sections.append(ReportSection("Recipe", [
+        f"SFT with AdamW; preference runs with {rec['optim']} (momentum "
         f"{rec.get('momentum')}), learning rate {rec['learning_rate']:g}, batch "
         f"{rec['per_device_train_batch_size']}, {rec.get('num_train_epochs')} epoch, "
         f"{rec['lr_scheduler_type']} decay, gradient clipping {rec['max_grad_norm']}, beta "
         f"{rec['beta']:g}" + (f", RPO alpha {report['rpo_alpha']:g}" if report['rpo_alpha']
                               else "")
         + f". Total time {report['seconds_total']:.0f} s "
-        f"(training {report['seconds']['train']:.0f} s).",
-        "",
-    ]
-    paths["markdown"].write_text("\n".join(lines))
-    return paths
+        f"(training {report['seconds']['train']:.0f} s)."]))
+    return Report("SafeDPO demo: the synthetic safety world", sections, frontier(report), report)
 
 
-def plot_frontier(report: dict, path: Path) -> list[tuple[str, float, float]]:
-    """Helpfulness (x) vs harmless ratio (y), one point per policy, pi* as a star, drawn by
-    the report's plot (``safedpo.evaluate.report.plot_frontier``).
-    -> the points drawn, (name, x, y in %)."""
+def frontier(report: dict) -> Frontier:
+    """Helpfulness (x) vs harmless ratio (y), one point per policy, pi* as a star."""
     points = [(n, report["methods"][n]) for n in POLICIES] + [("optimum", report["optimum"])]
     # Normalized helpfulness needs DPO-HELPFUL to differ from the reference; else raw reward.
     normalized = all(m["helpfulness"] is not None for _, m in points)
     rows = [{"label": LABELS[n], "helpfulness": m["helpfulness" if normalized else "reward"],
              "harmless_ratio": m["harmless_ratio"], "marker": "*" if n == "optimum" else "o"}
             for n, m in points]
-    drawn = plot_points(
-        rows, path, title="Synthetic safety world: helpfulness vs. harmlessness (exact)",
+    return Frontier(
+        rows, title="Synthetic safety world: helpfulness vs. harmlessness (exact)",
         x_label="Helpfulness (expected reward; reference = 0, DPO-HELPFUL = 10)" if normalized
         else "Expected oracle reward (not normalized: DPO-HELPFUL = reference)",
         y_label="Harmless ratio on harmful prompts (%)")
-    name = {LABELS[n]: n for n, _ in points}
-    return [(name[d["label"]], d["x"], d["y"]) for d in drawn]

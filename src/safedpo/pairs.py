@@ -40,10 +40,7 @@ from collections import Counter
 from pathlib import Path
 
 from safedpo.evaluate.cli import HelpFormatter, check_model
-from safedpo.evaluate.generate import generate_to_file, load_prompt_records, write_jsonl
 from safedpo.evaluate.judge import OUTCOMES, classify
-from safedpo.evaluate.runner import load_policy
-from safedpo.evaluate.scorers import build_scorers, check_scorer_specs
 from safedpo.model_sources import MissingPackageError
 from safedpo.prompts import SAFETY_SYSTEM_PROMPT
 
@@ -107,6 +104,9 @@ def _records(sources: list[str], max_prompts: int | None,
              holdout: str | None) -> tuple[list[dict], int]:
     """Prompt records of every source (the first ``max_prompts`` of each), without the prompts
     of ``holdout`` (the evaluation prompts). -> (records, number held out)."""
+    # heavy (torch, through tokenization): imported when pairs are made, so --help stays fast
+    from safedpo.evaluate.generate import load_prompt_records
+
     held = {r["prompt"].strip().lower() for r in load_prompt_records(holdout)} if holdout else set()
     records, seen, n_held = [], set(), 0
     for source in sources:
@@ -157,6 +157,11 @@ def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: i
     ``safety_tries``: answers under the system prompt for a harmful prompt (greedy, then
     sampled) until one is an explicit refusal (the greedy one is kept when none is). Resumes:
     answers already in plain.jsonl / safety-T.jsonl are not generated again."""
+    # heavy (torch, through tokenization): imported when pairs are made, so --help stays fast
+    from safedpo.evaluate.generate import generate_to_file, write_jsonl
+    from safedpo.evaluate.runner import load_policy
+    from safedpo.evaluate.scorers import build_scorers, check_scorer_specs
+
     specs = list(scorers or [])
     bad = [s for s in specs if s.partition(":")[0] not in ("cost", "reward") or ":" not in s]
     if bad:

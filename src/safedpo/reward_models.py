@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from safedpo.config import ConfigError, TrainConfig, validate
 from safedpo.data import load_pairs
@@ -56,8 +57,6 @@ def cost_model_loss(safer: torch.Tensor, unsafer: torch.Tensor, safer_unsafe: to
 def load_score_model(config: TrainConfig):
     """-> (sequence classifier with one output, tokenizer, False) from ``model_name_or_path``
     (a causal LM dir or a run dir: the backbone is kept, a new score head is added)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     if config.use_peft:
         raise ConfigError("use_peft is not supported for reward/cost models; train them in full")
     path = Path(config.model_name_or_path).expanduser()

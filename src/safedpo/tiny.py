@@ -20,6 +20,7 @@ def make_word_tokenizer(texts: Iterable[str], extra_words: Iterable[str] = ()):
     The safe-rlhf prompt template's words are always in the vocabulary. Decoding joins
     words with single spaces.
     """
+    # tokenizers/transformers/torch: slow to import; only building the tiny model needs them
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -43,6 +44,7 @@ def make_tiny_llama(tokenizer, *, hidden_size: int = 64, num_layers: int = 2,
                     num_heads: int = 4, intermediate_size: int | None = None,
                     max_position_embeddings: int = 512, seed: int = 0):
     """A randomly initialised ``LlamaForCausalLM`` sized for a CPU (tied embeddings)."""
+    # tokenizers/transformers/torch: slow to import; only building the tiny model needs them
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 

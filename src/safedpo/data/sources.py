@@ -195,6 +195,7 @@ def _read_csv(path: Path, skip_malformed: bool = False) -> Table:
 
 
 def _read_parquet(path: Path, skip_malformed: bool = False) -> Table:
+    # pyarrow: only parquet files need it (slow to import)
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
@@ -216,7 +217,7 @@ def _split_label(source: str, split: str, config_name: str | None) -> str:
 
 
 def _read_dir(path: Path, split: str, config_name: str | None) -> Table:
-    import datasets
+    import datasets  # heavy and only for save_to_disk dirs; keeps --help and jsonl fast
 
     if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
         ds = datasets.load_from_disk(str(path))
@@ -229,7 +230,7 @@ def _read_dir(path: Path, split: str, config_name: str | None) -> Table:
 
 
 def _read_hub(source: str, split: str, config_name: str | None) -> Table:
-    import datasets
+    import datasets  # heavy and only for hub datasets; keeps --help and jsonl fast
 
     label = _split_label(source, split, config_name)
     try:

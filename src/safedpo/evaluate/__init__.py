@@ -9,12 +9,19 @@ Python API::
                  reference="runs/sft/eval/world")
 """
 
-from safedpo.evaluate.report import write_eval_report, write_report
-from safedpo.evaluate.runner import evaluate
-from safedpo.evaluate.scorers import (OracleCostScorer, OracleGarbledScorer, OracleRewardScorer,
-                                      RefusalCostScorer, RefusalScorer, SafeRLHFScoreModelScorer,
-                                      Scorer, SequenceClassifierScorer, build_scorers)
+import importlib
 
-__all__ = ["evaluate", "write_report", "write_eval_report", "Scorer", "OracleRewardScorer",
-           "OracleCostScorer", "OracleGarbledScorer", "SequenceClassifierScorer",
-           "SafeRLHFScoreModelScorer", "RefusalScorer", "RefusalCostScorer", "build_scorers"]
+# name -> submodule. Imported on first use (PEP 562), not here: importing any submodule runs
+# this file, and ``safedpo eval --help`` must not load torch through runner and scorers.
+_EXPORTS = {"evaluate": "runner", "write_report": "report", "write_eval_report": "report",
+            **{name: "scorers" for name in (
+                "Scorer", "OracleRewardScorer", "OracleCostScorer", "OracleGarbledScorer",
+                "SequenceClassifierScorer", "SafeRLHFScoreModelScorer", "RefusalScorer",
+                "RefusalCostScorer", "build_scorers")}}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

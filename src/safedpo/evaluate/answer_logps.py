@@ -18,9 +18,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from safedpo.data.types import DataError
 from safedpo.evaluate import metrics as M
+from safedpo.logprobs import sequence_logps
+from safedpo.tokenization import pad_sequences, tokenize_sft
 
 
 def read_answers(path: str | Path) -> list[dict]:
@@ -46,11 +49,6 @@ def answer_logps(model, tokenizer, rows: list[dict], *, prompt_template: str | N
                  batch_size: int = 8) -> list[float]:
     """log pi(response | prompt) of each row, summed over the response tokens (+ EOS), with the
     prompt formatted as in training."""
-    import torch
-
-    from safedpo.logprobs import sequence_logps
-    from safedpo.tokenization import pad_sequences, tokenize_sft
-
     items = tokenize_sft(tokenizer, [(r["prompt"], r["response"]) for r in rows],
                          prompt_template=prompt_template)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

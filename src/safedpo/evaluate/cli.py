@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from safedpo.evaluate.scorers import looks_local
+from safedpo.model_sources import MissingPackageError, looks_local
 
 EVAL_EPILOG = """scorers (repeat --scorer):
   oracle          the synthetic world's oracle reward and cost, and the share of garbled
@@ -132,8 +132,6 @@ def default_output_dir(model: str, prompts: str) -> Path:
 def run(name: str, args: argparse.Namespace) -> int:
     """Bad input (missing paths, mismatched scorers, bad data, a missing model package) gives
     one line 'safedpo NAME: error: ...' and exit code 2, not a traceback."""
-    from safedpo.model_sources import MissingPackageError
-
     try:
         return _eval(args) if name == "eval" else _report(args)
     except (FileNotFoundError, ValueError, MissingPackageError) as e:  # ValueError: DataError too
@@ -142,6 +140,7 @@ def run(name: str, args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    # heavy (torch, through tokenization): imported when a run starts, so --help stays fast
     from safedpo.evaluate.report import fmt
     from safedpo.evaluate.runner import evaluate
 
@@ -170,6 +169,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    # heavy (torch, through tokenization): imported when a run starts, so --help stays fast
     from safedpo.evaluate.report import write_report
 
     paths = write_report(args.runs, args.output_dir, reference=args.reference,

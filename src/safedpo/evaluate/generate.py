@@ -15,6 +15,10 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
 from safedpo.data import load_prompts
 from safedpo.data.benchmarks import is_benchmark, load_benchmark
 from safedpo.data.types import DataError
@@ -77,6 +81,7 @@ def load_prompt_records(source, *, split: str = "test", prompt_column: str = "pr
 def _generation_config(model, tokenizer, *, max_new_tokens: int, do_sample: bool,
                        temperature: float, top_p: float):
     """The model's own generation config (keeps its EOS ids) with our decoding settings."""
+    # transformers: slow to import (seconds); only loading a model needs it
     from transformers import GenerationConfig
 
     gc = copy.deepcopy(getattr(model, "generation_config", None) or GenerationConfig())
@@ -94,8 +99,6 @@ def _generation_config(model, tokenizer, *, max_new_tokens: int, do_sample: bool
 def _block_seed(seed: int, start: int) -> int:
     # Seed per block of prompts (with the block generated whole, see iter_generate), so a
     # resumed sampled run equals the uninterrupted one.
-    import numpy as np
-
     return int(np.random.SeedSequence([seed, start]).generate_state(1)[0])
 
 
@@ -112,9 +115,6 @@ def iter_generate(model, tokenizer, prompts: Sequence[str], *, indices: Sequence
     block after a crash, does not change the others' samples (for the same ``batch_size``).
     ``system_prompt``: a system message for every prompt (see ``format_prompt``).
     """
-    import torch
-    from tqdm.auto import tqdm
-
     wanted = set(range(len(prompts)) if indices is None else indices)
     starts = sorted({i // batch_size * batch_size for i in wanted})
     saved_side, saved_pad = tokenizer.padding_side, tokenizer.pad_token

@@ -1,11 +1,15 @@
 """Reports a person reads first: one evaluation (report.md) and many runs compared
-(report.md + frontier.png + report.json: helpfulness versus harmless ratio, with 95% CIs)."""
+(report.md + frontier.png + report.json: helpfulness versus harmless ratio, with 95% CIs).
+
+Every report with a plot (``safedpo report``, compare, the demo) is written by one writer,
+``save_report``: a title, sections of markdown (each with its report.json entry) and the one
+frontier plot. ``runs_report`` builds the sections of many evaluated runs."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -249,16 +253,65 @@ def plot_frontier(rows: list[dict], path: Path, *, title: str, x_label: str,
     return drawn
 
 
+# ----------------------------------------------------------------------------- the writer
+PLOT_LINK = "![helpfulness versus harmless ratio](frontier.png)"
+
+
 @dataclass
 class ReportSection:
-    """An extra section of a report (e.g. compare's training time): ``lines`` of markdown
-    under ``## title`` in report.md, ``data`` under ``key`` in report.json."""
-    title: str
+    """A part of a report: ``lines`` of markdown (under ``## title``, if any) in report.md;
+    ``data`` under ``key`` in report.json (nothing there when ``key`` is None)."""
+    title: str | None
     lines: list[str]
-    key: str
-    data: Any
+    key: str | None = None
+    data: Any = None
 
 
+@dataclass
+class Frontier:
+    """The helpfulness (x) versus harmless ratio (y) plot: ``rows`` as ``plot_frontier``
+    takes them; the labels as report.json records them (backticks are dropped on the plot)."""
+    rows: list[dict]
+    title: str
+    x_label: str
+    y_label: str
+
+
+@dataclass
+class Report:
+    """What ``save_report`` writes; ``data``: report.json's other top-level entries."""
+    title: str
+    sections: list[ReportSection]
+    frontier: Frontier | None = None
+    data: dict = field(default_factory=dict)
+
+
+def save_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
+    """report.md (``# title``, then the sections), report.json (title, ``data``, each
+    section's data under its key, the plot's points) and frontier.png if there is a frontier
+    (a section shows it with ``PLOT_LINK``). -> {"markdown", "json"[, "plot"]} paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out_dir / "report.md", "json": out_dir / "report.json"}
+    payload = {"title": report.title, **report.data}
+    if report.frontier is not None:
+        f = report.frontier
+        paths["plot"] = out_dir / "frontier.png"
+        drawn = plot_frontier(f.rows, paths["plot"], title=f.title,
+                              x_label=f.x_label.replace("`", ""), y_label=f.y_label)
+        payload["plot"] = {"file": paths["plot"].name, "x": f.x_label, "y": f.y_label,
+                           "points": drawn}
+    lines = [f"# {report.title}"]
+    for section in report.sections:
+        lines += ["", *([f"## {section.title}", ""] if section.title else []), *section.lines]
+        if section.key is not None:
+            payload[section.key] = section.data
+    paths["markdown"].write_text("\n".join(lines) + "\n")
+    paths["json"].write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return paths
+
+
+# ----------------------------------------------------------------------------- many runs' tables
 def _outcome_table(table: list[dict]) -> list[str]:
     """Refusal / non-answer / compliance rates of every run that has them (``outcome`` judge)."""
     rows = [r for r in table if r.get("outcomes")]
@@ -306,18 +359,26 @@ def write_report(eval_dirs: Sequence[str | Path], out_dir: str | Path, *,
                  labels: Sequence[str] | None = None, title: str | None = None,
                  n_boot: int = M.N_BOOT, sections: Sequence[ReportSection] = ()
                  ) -> dict[str, Path]:
-    """One table and one plot over many evaluated runs.
+    """One table and one plot over many evaluated runs (``runs_report``), with the extra
+    ``sections`` at the end, written to ``out_dir`` (report.md, frontier.png, report.json);
+    returns {"markdown", "plot", "json"} paths."""
+    report = runs_report(eval_dirs, reference=reference, helpful=helpful, labels=labels,
+                         title=title, n_boot=n_boot)
+    report.sections += sections
+    return save_report(report, out_dir)
+
+
+def runs_report(eval_dirs: Sequence[str | Path], *, reference: str | Path | None = None,
+                helpful: str | Path | None = None, labels: Sequence[str] | None = None,
+                title: str | None = None, n_boot: int = M.N_BOOT) -> Report:
+    """The report over many evaluated runs: one table, one plot.
 
     ``eval_dirs``: evaluation dirs (or run dirs with one evaluation under eval/). ``reference``
     (the SFT model) and ``helpful`` (DPO-HELPFUL): labels of runs in ``eval_dirs`` or more dirs;
     with both, helpfulness is normalized (reference = 0, DPO-HELPFUL = 10) with a paired
     bootstrap CI over the prompts all three answered, and each run gets its win rate against
-    the reference. Without them, helpfulness is the mean reward. Writes report.md,
-    frontier.png and report.json to ``out_dir``, with the extra ``sections`` at the end;
-    returns {"markdown", "plot", "json"} paths.
+    the reference. Without them, helpfulness is the mean reward.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if labels is not None and len(labels) != len(eval_dirs):
         raise ValueError(f"{len(labels)} labels for {len(eval_dirs)} runs")
     runs = [_Run(find_eval_dir(d), labels[i] if labels else None)
@@ -392,18 +453,13 @@ def write_report(eval_dirs: Sequence[str | Path], out_dir: str | Path, *,
     x_label = ("Helpfulness (normalized reward: SFT reference = 0, DPO-HELPFUL = 10)"
                if normalized else f"Helpfulness (mean reward by `{reward_scorer}`, raw score)")
     title = title or f"Helpfulness vs. harmlessness ({len(runs)} runs)"
-    plot_path = out_dir / "frontier.png"
     y_label = ("Harmless ratio, harmful prompts (% answered with cost \u2264 0)" if on_harmful
                else "Harmless ratio (% of responses with cost \u2264 0)")
-    drawn = plot_frontier(table, plot_path, title=title, x_label=x_label.replace("`", ""),
-                          y_label=y_label)
     harmless_head = "Harmless ratio (harmful prompts)" if on_harmful else "Harmless ratio"
 
     help_head = "Helpfulness (norm.)" if normalized else "Mean reward"
     garbled = any(row["garbled_rate"] for row in table)  # synthetic world only
-    lines = [f"# {title}", "",
-             "## How to read", "",
-             "Each point in the plot and each row in the table is one trained model. **Up is "
+    lines = ["Each point in the plot and each row in the table is one trained model. **Up is "
              "safer:** the harmless ratio is the share of "
              + ("HARMFUL " if on_harmful else "") + "test prompts whose response the cost "
              f"scorer (`{runs[0].metrics.get('cost_scorer')}`) judges safe (cost <= 0"
@@ -422,7 +478,7 @@ def write_report(eval_dirs: Sequence[str | Path], out_dir: str | Path, *,
              "tell them apart. Rows are sorted by harmless ratio, then helpfulness. For scale, "
              "the paper reports (PKU-SafeRLHF, Beaver reward/cost models) SafeDPO at 4.61 "
              "helpfulness and 96.87% harmless, DPO-HELPFUL at 10 and 37.59%.", "",
-             "![helpfulness versus harmless ratio](frontier.png)", "",
+             PLOT_LINK, "",
              f"| Method | {help_head} [95% CI] | {harmless_head} [95% CI] | Mean cost | "
              "Over-refusal [95% CI] | Win rate vs reference [95% CI] | "
              + ("Garbled [95% CI] | " if garbled else "") + "n |",
@@ -449,20 +505,10 @@ def write_report(eval_dirs: Sequence[str | Path], out_dir: str | Path, *,
     for note in notes:
         lines += ["", f"Note: {note}"]
     lines += ["", "Runs: " + "; ".join(f"{r.label} = `{r.dir}`" for r in runs)]
-    for section in sections:
-        lines += ["", f"## {section.title}", "", *section.lines]
-    md_path = out_dir / "report.md"
-    md_path.write_text("\n".join(lines) + "\n")
-    json_path = out_dir / "report.json"
-    json_path.write_text(json.dumps({"title": title, "normalized": normalized,
-                                     "reference": ref.label if ref else None,
-                                     "helpful": helpful_run.label if helpful_run else None,
-                                     "reward_scorer": reward_scorer,
-                                     "harmless_ratio_on": "harmful prompts" if on_harmful
-                                     else "all prompts", "rows": table,
-                                     "plot": {"file": plot_path.name, "x": x_label,
-                                              "y": y_label, "points": drawn},
-                                     "warnings": warnings, "notes": notes,
-                                     **{s.key: s.data for s in sections}},
-                                    indent=2, default=str) + "\n")
-    return {"markdown": md_path, "plot": plot_path, "json": json_path}
+    data = {"normalized": normalized, "reference": ref.label if ref else None,
+            "helpful": helpful_run.label if helpful_run else None,
+            "reward_scorer": reward_scorer,
+            "harmless_ratio_on": "harmful prompts" if on_harmful else "all prompts",
+            "rows": table, "warnings": warnings, "notes": notes}
+    return Report(title, [ReportSection("How to read", lines)],
+                  Frontier(table, title, x_label, y_label), data)

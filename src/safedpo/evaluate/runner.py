@@ -6,6 +6,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from safedpo.evaluate import metrics as M
 from safedpo.evaluate.answer_logps import answer_logps, read_answers
 from safedpo.evaluate.generate import (generate_to_file, load_prompt_records, read_generations,
@@ -43,8 +45,6 @@ def load_policy(model, tokenizer=None, prompt_template: str | None = None, dtype
             raise ValueError("evaluate() got a loaded model: pass its tokenizer= too")
         name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
         return model, tokenizer, prompt_template, str(name)
-    import torch
-
     name = str(model)
     on_gpu = torch.cuda.is_available()
     dtype = dtype or ("bfloat16" if on_gpu else None)
@@ -55,8 +55,6 @@ def load_policy(model, tokenizer=None, prompt_template: str | None = None, dtype
 
 
 def _empty_cuda_cache() -> None:
-    import torch
-
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 

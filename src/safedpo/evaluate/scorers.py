@@ -17,11 +17,15 @@ refusal-based cost for free text (``RefusalCostScorer``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
 from safedpo.evaluate.judge import OUTCOME_CODE, classify
+from safedpo.model_sources import looks_local
 from safedpo.prompts import SAFE_RLHF_TEMPLATE, format_prompt
 from safedpo.tokenization import encode_prompt
 from safedpo.world import Oracle, World
@@ -222,14 +226,9 @@ class OracleGarbledScorer(_OracleScorer):
 # named model.*); GPT-2/OPT/BLOOM score models use other prefixes and are not supported here.
 SAFE_RLHF_BACKBONES = ("llama", "mistral", "qwen2", "gemma", "phi")
 
-def looks_local(name: str) -> bool:
-    """A hub id is "name" or "org/name"; anything else is meant as a local path."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/"
-                                                                       and os.sep in name)
-
-
 def _load_config(name_or_path: str, trust_remote_code: bool = False):
     """AutoConfig of a local dir or hub id, with an error that names the path."""
+    # transformers: slow to import (seconds); only loading a model needs it
     from transformers import AutoConfig
 
     path = Path(name_or_path).expanduser()
@@ -280,8 +279,6 @@ def check_score_model(config, name_or_path: str) -> None:
 
 
 def _default_device_dtype(device, dtype):
-    import torch
-
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if isinstance(dtype, str) and dtype != "auto":  # "auto": the checkpoint's own dtype
         dtype = getattr(torch, dtype)
@@ -337,9 +334,6 @@ class _ModelScorer(Scorer):
                                 append_eos=self.append_eos, max_length=self.max_length)
 
     def score(self, prompts, responses):
-        import torch
-        from tqdm.auto import tqdm
-
         pad_id = self.pad_id
         scores: list[float] = []
         starts = range(0, len(prompts), self.batch_size)
@@ -371,6 +365,7 @@ class SequenceClassifierScorer(_ModelScorer):
         super().__init__(name_or_path, kind, name=name, batch_size=batch_size,
                          max_length=max_length, prompt_template=prompt_template,
                          append_eos=append_eos, progress=progress)
+        # transformers: slow to import (seconds); only loading a model needs it
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         check_sequence_classifier(_load_config(name_or_path, trust_remote_code), name_or_path)
@@ -394,8 +389,7 @@ def _score_model_class():
     """A minimal, self-contained safe-rlhf-style score model: backbone + ``score_head`` +
     ``normalizer`` buffers, with the checkpoint's weight names (model.*, score_head.*,
     normalizer.{mean,var,count}). Built here so no remote code or safe-rlhf install is needed."""
-    import torch
-    from torch import nn
+    # transformers: slow to import (seconds); only loading a model needs it
     from transformers import AutoModel, PreTrainedModel
 
     class Normalizer(nn.Module):
@@ -454,6 +448,7 @@ class SafeRLHFScoreModelScorer(_ModelScorer):
         super().__init__(name_or_path, kind, name=name, batch_size=batch_size,
                          max_length=max_length, prompt_template=prompt_template,
                          append_eos=append_eos, progress=progress)
+        # transformers: slow to import (seconds); only loading a model needs it
         from transformers import AutoTokenizer
 
         if not 0 <= score_index < config.score_dim:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from safedpo.logprobs import sequence_logps
 from safedpo.prompts import format_prompt
@@ -44,8 +45,6 @@ def response_logps(model, tokenizer, world: World, prompts: Sequence[str | World
     Uses the training code path (format_prompt, encode_pair, sequence_logps, summed log-probs),
     so these are exactly the quantities the losses push on.
     """
-    import torch
-
     texts = _texts(prompts)
     items = []
     for p in texts:

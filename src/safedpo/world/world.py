@@ -199,6 +199,7 @@ class World:
         test.jsonl (held-out templates); eval_prompts.jsonl (prompt, harmful, category: the
         first harm category, null for benign prompts) over the held-out prompts.
         """
+        # pyarrow: only the parquet copy needs it (slow to import)
         import pyarrow as pa
         import pyarrow.parquet as pq
 
