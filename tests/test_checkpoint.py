@@ -134,10 +134,14 @@ def test_resuming_an_older_checkpoint_discards_the_later_ones(tmp_path):
     train(cut, six_pairs(), callbacks=[interrupt])
     assert [p.name for p in list_checkpoints(tmp_path / "cut")] == ["step-2", "step-4", "step-5"]
     cut.resume_from_checkpoint = str(tmp_path / "cut" / "checkpoints" / "step-2")
-    cut.max_steps = 3
+
+    def stop_at_3(metrics):
+        if metrics["step"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
     with pytest.warns(UserWarning, match=r"removed the later checkpoint\(s\) step-4, step-5 of"):
-        train(cut, six_pairs())
+        train(cut, six_pairs(), callbacks=[stop_at_3])
     # step-4 and step-5 belonged to the abandoned continuation; 'latest' is this run's again.
-    assert [p.name for p in list_checkpoints(tmp_path / "cut")] == ["step-2"]
-    assert find_checkpoint(tmp_path / "cut", "latest").name == "step-2"
+    assert [p.name for p in list_checkpoints(tmp_path / "cut")] == ["step-2", "step-3"]
+    assert find_checkpoint(tmp_path / "cut", "latest").name == "step-3"
     assert losses(tmp_path / "cut")[0] == [1, 2, 3]

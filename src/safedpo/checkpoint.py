@@ -3,38 +3,123 @@
 Checkpoints are ``output_dir/checkpoints/step-N/``: ``accelerator.save_state`` (model as
 safetensors, only its trainable tensors when some are frozen (LoRA), optimizer, registered
 scheduler, every process's RNG; sharded states under DeepSpeed/FSDP) plus
-``trainer_state.json`` (global step, seconds so far). They are written to a temporary dir and
-renamed, so a crash never leaves a half-written ``step-N``. The data
+``trainer_state.json`` (global step, seconds so far, and the size of every file saved). They
+are written to a temporary dir and renamed, and deleted by renaming them away first, so a
+crash never leaves a half-written or half-deleted ``step-N``; a listed checkpoint also has
+every file its state names, at its size. Only finite states are saved, and resuming reads
+tensors only (``weights_only=True``: a crafted file is refused, never run). The data
 position needs no saving: batch k of epoch e is a pure function of (seed, e, k).
+
+One run per output dir: the main process holds an ``flock`` on ``OUTPUT_DIR/.lock`` for the
+whole run; the kernel drops it when the process ends, however it ends.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
+import socket
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from safedpo.config import ConfigError
 from safedpo.model_sources import resolve_model_source
 from safedpo.modeling import run_model_dir
 
 STATE_FILE = "trainer_state.json"
+LOCK_FILE = ".lock"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_FILES = "files"  # trainer_state.json key: {relative path: size} of the checkpoint's files
+
+
+def is_complete(path: Path) -> bool:
+    """A checkpoint dir with its state file and every file that state names, at its size."""
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    files = state.get(_FILES, {}) if isinstance(state, dict) else None
+    return isinstance(files, dict) and all(
+        (path / name).is_file() and (path / name).stat().st_size == size
+        for name, size in files.items())
 
 
 def list_checkpoints(output_dir) -> list[Path]:
-    """``checkpoints/step-N`` dirs of a run, oldest first."""
+    """Complete ``checkpoints/step-N`` dirs of a run, oldest first."""
     root = Path(output_dir) / "checkpoints"
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := _STEP_DIR.match(p.name)) and (p / STATE_FILE).exists()]
+             if (m := _STEP_DIR.match(p.name)) and is_complete(p)]
     return [p for _, p in sorted(found)]
+
+
+def remove(path: Path) -> None:
+    """Delete a dir atomically as far as readers go: renamed to a hidden name first (one
+    step), then removed; a crash in between leaves only the hidden dir (see clear_leftovers)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    trash = path.with_name(f".deleting-{path.name}-{os.getpid()}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def clear_leftovers(output_dir) -> None:
+    """Remove what a crashed run left half-written or half-deleted (hidden ``.tmp-*`` and
+    ``.deleting-*`` dirs). Only safe while holding the run's lock."""
+    out = Path(output_dir)
+    for root in (out, out / "checkpoints"):
+        if root.is_dir():
+            for p in root.iterdir():
+                if p.name.startswith((".tmp-", ".deleting-")):
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
+
+
+def in_use(output_dir, holder: str) -> str:
+    return (f"output_dir {output_dir} is in use by a running run ({holder}); wait for it to "
+            "finish, stop it, or use another output_dir")
+
+
+def lock_holder(output_dir) -> str | None:
+    """Who holds the run lock of ``output_dir`` now ('pid N on HOST'), or None; a probe that
+    creates and changes nothing."""
+    path = Path(output_dir) / LOCK_FILE
+    if not path.is_file():
+        return None
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f.read().strip() or "another process"
+    return None  # closing the file released the probe's lock
+
+
+def lock_output_dir(output_dir):
+    """Take the run lock of ``output_dir`` (created if needed) -> the open lock file; closing
+    it (or the process ending, even by kill -9) releases the lock. Raises ConfigError at
+    once when another live process holds it."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    f = open(out / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise ConfigError(in_use(out, holder)) from None
+    f.truncate(0)
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")  # for the message above
+    f.flush()
+    return f
 
 
 def discard_checkpoints_after(output_dir, step: int) -> list[Path]:
@@ -42,7 +127,7 @@ def discard_checkpoints_after(output_dir, step: int) -> list[Path]:
     them: they would otherwise be 'latest' and survive the keep-last-K rotation)."""
     later = [p for p in list_checkpoints(output_dir) if int(_STEP_DIR.match(p.name).group(1)) > step]
     for path in later:
-        shutil.rmtree(path, ignore_errors=True)
+        remove(path)
     return later
 
 
@@ -57,6 +142,9 @@ def find_checkpoint(output_dir, spec: str) -> Path:
     path = Path(spec)
     if not (path / STATE_FILE).exists():
         raise FileNotFoundError(f"not a checkpoint (no {STATE_FILE}): {path}")
+    if not is_complete(path):
+        raise FileNotFoundError(f"incomplete checkpoint (files missing or cut short): {path}; "
+                                "resume from another one (--resume_from_checkpoint latest)")
     return path
 
 
@@ -93,22 +181,46 @@ def save_checkpoint(accelerator, output_dir, state: dict, save_total_limit: int 
             hook.remove()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-        shutil.rmtree(final, ignore_errors=True)
+        files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*"))
+                 if p.is_file()}
+        (tmp / STATE_FILE).write_text(json.dumps({**state, _FILES: files}, indent=2))
+        remove(final)
         os.replace(tmp, final)  # atomic: step-N is complete or absent
         if save_total_limit is not None and save_total_limit > 0:
             for old in list_checkpoints(output_dir)[:-save_total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
+                remove(old)
     accelerator.wait_for_everyone()
     return final
 
 
 def load_checkpoint(accelerator, path) -> dict:
-    """Restore model, optimizer, registered objects and RNG from ``path``; -> trainer state."""
+    """Restore model, optimizer, registered objects and RNG from ``path``; -> trainer state.
+    Optimizer and scheduler states load with ``weights_only=True`` (tensors and plain
+    containers only): a file that needs arbitrary objects is refused, not executed."""
     # With frozen parameters the checkpoint holds only the trainable ones (see save_checkpoint).
     strict = {"strict": False} if _frozen_params(accelerator) else {}
-    accelerator.load_state(str(path), load_kwargs={"weights_only": False}, **strict)
-    return json.loads((Path(path) / STATE_FILE).read_text())
+    try:
+        accelerator.load_state(str(path), load_kwargs={"weights_only": True}, **strict)
+    except pickle.UnpicklingError as e:
+        why = re.search(r"WeightsUnpickler error: ([^\n]*?)(?: was not|\.|\n|$)", str(e))
+        raise ConfigError(f"checkpoint {path} holds a file that is not plain tensors, refused "
+                          f"({why.group(1) if why else 'unreadable'}); resume from a checkpoint "
+                          "you trust") from None
+    state = json.loads((Path(path) / STATE_FILE).read_text())
+    state.pop(_FILES, None)
+    return state
+
+
+def state_is_finite(accelerator, model, optimizer) -> bool:
+    """Whether every weight and optimizer-state tensor is finite, on every process (a
+    collective: call it on all of them). The loss of step k is computed before step k's
+    update, so a finite loss does not prove the weights it produced are finite."""
+    tensors = [p.detach() for p in model.parameters()]
+    tensors += [v for s in optimizer.state.values() for v in s.values()
+                if torch.is_tensor(v) and v.is_floating_point()]
+    bad = torch.stack([~torch.isfinite(t).all() for t in tensors]).any() if tensors \
+        else torch.tensor(False)
+    return not bool(accelerator.reduce(bad.float().to(accelerator.device), "max"))
 
 
 # --- reference log-prob cache --------------------------------------------------------------

@@ -55,8 +55,8 @@ from accelerate import PartialState
 from safedpo import saferlhf
 from safedpo import train as engine
 from safedpo.checkpoint import list_checkpoints, weights_fingerprint
-from safedpo.config import (FIELDS, SAFERLHF, ConfigError, Layer, check_keys, parse_overrides,
-                            read_yaml, resolve)
+from safedpo.config import (BOOKKEEPING_KEYS, FIELDS, SAFERLHF, ConfigError, Layer, check_keys,
+                            parse_overrides, read_yaml, resolve)
 from safedpo.evaluate import runner
 from safedpo.evaluate.report import ReportSection, write_report
 
@@ -64,9 +64,6 @@ from safedpo.evaluate.report import ReportSection, write_report
 EVAL_KEYS = ("prompts", "scorers", "split", "prompt_column", "max_prompts", "world_seed",
              "max_new_tokens", "do_sample", "temperature", "top_p", "seed", "batch_size",
              "n_boot", "answers")
-# TrainConfig keys that cannot change the trained model: left out of the reuse key.
-_NOT_IN_KEY = ("output_dir", "overwrite_output_dir", "disable_tqdm", "report_to",
-               "logging_steps", "save_steps", "save_total_limit", "resume_from_checkpoint")
 # Every method of a comparison must agree on these (same reference, data and seed).
 _SAME = ("model_name_or_path", "ref_model_name_or_path", "gguf_file", "dataset",
          "dataset_split", "dataset_config", "seed")
@@ -275,7 +272,7 @@ def _path_fingerprint(value: str | None) -> str | None:
 
 def train_key(config) -> dict:
     """What the trained model depends on: the resolved config and the input files."""
-    cfg = {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_KEY}
+    cfg = {k: v for k, v in config.to_dict().items() if k not in BOOKKEEPING_KEYS}
     ref = config.ref_model_name_or_path
     if config.loss_type == SAFERLHF:  # its reward/cost models are inputs too
         cfg["score_models"] = {k: _path_fingerprint(getattr(config, k))

@@ -414,5 +414,26 @@ def validate(config: TrainConfig) -> None:
         bad(f"loss_kwargs: {e}")
 
 
+# Keys that say where and how often a run reports and saves, not what it computes: a resumed
+# run may change them, and a comparison's reuse key leaves them out.
+BOOKKEEPING_KEYS = ("output_dir", "overwrite_output_dir", "disable_tqdm", "report_to",
+                    "logging_steps", "save_steps", "save_total_limit", "resume_from_checkpoint")
+
+
+def resume_changes(old: dict[str, Any], new: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """{key: (old value, new value)} of the settings that differ between a run's saved config
+    (``old``, as read from its config.yaml) and the config resuming it, bookkeeping keys aside.
+    A key the old config lacks (written by an older version) counts as its default."""
+    defaults = TrainConfig().to_dict()
+    changed = {}
+    for key, value in new.to_dict().items():
+        if key in BOOKKEEPING_KEYS:
+            continue
+        before = coerce(key, old[key], "config.yaml") if key in old else defaults[key]
+        if before != value:
+            changed[key] = (before, value)
+    return changed
+
+
 def save_config(config: TrainConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

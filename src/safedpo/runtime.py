@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import broadcast_object_list
 from transformers import get_scheduler
 
 from safedpo import checkpoint as ckpt
 from safedpo import distributed
-from safedpo.config import ConfigError, TrainConfig, save_config
+from safedpo.config import ConfigError, TrainConfig, resume_changes, save_config
 from safedpo.logprobs import accepts_logits_to_keep
 from safedpo.modeling import apply_lora, check_model, load_model_and_tokenizer
 
@@ -152,14 +154,37 @@ def end_run(accelerator):
 RUN_FILES = ("model", "checkpoints", "metrics.jsonl", "train_summary.json")
 
 
-def check_output_dir(config: TrainConfig) -> Path | None:
-    """-> the checkpoint to resume, or None. Refuses to replace a previous run unless asked;
-    deletes nothing (``prepare_output_dir`` does, once the run can start)."""
+def hold_output_dir(config: TrainConfig, accelerator):
+    """The run lock of output_dir (the main process holds it; None elsewhere): close it at the
+    end. Another run holding it is an error on every process; what a crashed run left
+    half-written is removed."""
+    lock, busy = None, None
+    if accelerator.is_main_process:
+        try:
+            lock = ckpt.lock_output_dir(config.output_dir)
+            ckpt.clear_leftovers(config.output_dir)
+        except ConfigError as e:
+            busy = str(e)
+    busy = broadcast_object_list([busy])[0]  # every process stops, not only the main one
+    if busy:
+        raise ConfigError(busy)
+    return lock
+
+
+def check_output_dir(config: TrainConfig, held: bool = False) -> Path | None:
+    """-> the checkpoint to resume, or None. Refuses a dir another run holds (unless ``held``:
+    this run holds it), replacing a previous run unless asked, and resuming with settings
+    that change what the run computes; deletes nothing (``prepare_output_dir`` does, once the
+    run can start). A run that stopped before its first checkpoint (only metrics.jsonl) has
+    nothing to continue: it runs again."""
     out = Path(config.output_dir)
-    resume = ckpt.find_checkpoint(out, config.resume_from_checkpoint) \
-        if config.resume_from_checkpoint else None
+    holder = None if held else ckpt.lock_holder(out)
+    if holder:
+        raise ConfigError(ckpt.in_use(out, holder))
+    resume = checked_resume(config, out)
     previous = [n for n in RUN_FILES if (out / n).exists()]
-    if previous and resume is None and not config.overwrite_output_dir:
+    if previous and previous != ["metrics.jsonl"] and resume is None \
+            and not config.overwrite_output_dir:
         raise ConfigError(
             f"output_dir {out} already holds a run ({', '.join(previous)}). Use another "
             "output_dir, --resume_from_checkpoint latest to continue it, or "
@@ -174,16 +199,44 @@ def prepare_output_dir(config: TrainConfig, accelerator, resume: Path | None) ->
     out = Path(config.output_dir)
     if accelerator.is_main_process:
         if resume is None:
+            if [n for n in RUN_FILES if (out / n).exists()] == ["metrics.jsonl"] \
+                    and not config.overwrite_output_dir:
+                warnings.warn(f"{out} holds a run that stopped before its first checkpoint; "
+                              "starting it again", stacklevel=3)
             for name in RUN_FILES:
                 p = out / name
                 if p.is_dir():
-                    shutil.rmtree(p)
+                    ckpt.remove(p)
                 elif p.exists():
                     p.unlink()
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
     accelerator.wait_for_everyone()
     return out
+
+
+def checked_resume(config: TrainConfig, out: Path) -> Path | None:
+    """The checkpoint to resume, after checking that this config computes the same run as
+    the one that wrote it (its run dir's config.yaml); None when not resuming."""
+    if not config.resume_from_checkpoint:
+        return None
+    try:
+        resume = ckpt.find_checkpoint(out, config.resume_from_checkpoint)
+    except FileNotFoundError as e:
+        if config.resume_from_checkpoint == "latest" and (out / "metrics.jsonl").exists() \
+                and not (out / "model").exists():
+            raise FileNotFoundError(f"{e}: the run stopped before its first checkpoint; run "
+                                    "it again without --resume_from_checkpoint") from None
+        raise
+    saved = resume.parent.parent / "config.yaml"
+    old = yaml.safe_load(saved.read_text()) if saved.is_file() else None
+    changed = resume_changes(old, config) if isinstance(old, dict) else {}
+    if changed:
+        diff = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise ConfigError(f"resume_from_checkpoint: {diff} differ from the run being resumed "
+                          f"({saved}); resume with its settings, or start a new run in "
+                          "another output_dir")
+    return resume
 
 
 def resume_state(accelerator, out: Path, checkpoint: Path) -> dict:
@@ -256,12 +309,20 @@ class MetricSums:
         return {n: s / c for n, (s, c) in zip(names, values) if c > 0}
 
 
-def raise_if_nonfinite(bad_step: torch.Tensor, accelerator, out: Path):
+def raise_if_nonfinite(bad_step: torch.Tensor, accelerator, out: Path, model=None,
+                       optimizer=None, step: int = 0):
+    """Stop on a non-finite loss so far or, when given the model and optimizer (before
+    anything is saved), on non-finite weights or optimizer state after ``step``. Every saved
+    checkpoint passed this check, so the newest one is the last good one."""
     first = int(accelerator.reduce(bad_step.clone(), "max"))
-    if first >= 0:
+    what = f"non-finite loss at step {first}" if first >= 0 else None
+    if what is None and model is not None \
+            and not ckpt.state_is_finite(accelerator, model, optimizer):
+        what = f"non-finite weights or optimizer state after step {step}"
+    if what is not None:
         found = ckpt.list_checkpoints(out)
         keep = f"last good checkpoint: {found[-1]}" if found else "no checkpoint was saved"
-        raise FloatingPointError(f"non-finite loss at step {first}; training stopped ({keep}). "
+        raise FloatingPointError(f"{what}; training stopped ({keep}). "
                                  "Try a lower learning_rate, max_grad_norm, or bf16=false")
 
 
@@ -294,7 +355,7 @@ def save_model(accelerator, model, tokenizer, out: Path, config: TrainConfig):
         shutil.rmtree(tmp, ignore_errors=True)
         unwrapped.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
-        shutil.rmtree(final, ignore_errors=True)
+        ckpt.remove(final)
         os.replace(tmp, final)
     accelerator.wait_for_everyone()
 

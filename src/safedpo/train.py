@@ -6,7 +6,8 @@ One run, top to bottom (``run_objective``):
    stops if accelerate resolved anything else, see ``safedpo.distributed``; bf16 autocast
    where the device supports it; gradient accumulation).
 2. The model sources and the run dir are checked (a previous run is never overwritten
-   silently; resuming is explicit).
+   silently; resuming is explicit and only with the same settings), and the run dir locked
+   (one run per dir).
 3. Model + tokenizer load (the objective's ``load_model``: the policy, LoRA optional; a
    sequence classifier for ``safedpo rm``/``cm``); the data is tokenized once, kept in memory.
    Only then are a replaced run's files removed and the resolved ``config.yaml`` written.
@@ -19,7 +20,8 @@ One run, top to bottom (``run_objective``):
    loss = LOSSES[loss_type](...).mean() (+ rpo_alpha * chosen NLL).
 6. Every ``logging_steps``: metrics are summed across processes (the only host syncs), written
    to metrics.jsonl and trackers; a non-finite loss stops the run with an error (the last
-   checkpoint, checked finite when saved, is kept). Every ``save_steps``: a checkpoint.
+   checkpoint is kept). Every ``save_steps``: a checkpoint, after checking that the weights
+   and optimizer state are finite (a finite loss does not prove its update was).
    SIGINT/SIGTERM: a checkpoint, then return (``summary["interrupted"]`` is True).
 7. ``model/`` (full model or LoRA adapter, safetensors, + tokenizer) and train_summary.json
    (with what really ran: ``"distributed": {"type": "DEEPSPEED", "zero_stage": 3, ...}``).
@@ -44,8 +46,8 @@ from safedpo.config import SAFERLHF, ConfigError, TrainConfig, validate
 from safedpo.data import DataError, load_pairs, load_sft_examples, require_pairs
 from safedpo.objectives import PreferenceObjective, RunContext, SFTObjective
 from safedpo.runtime import (MetricSums, StopOnSignal, check_models, check_output_dir,
-                             end_run, fill_deepspeed_config, flat_config, log_metrics,
-                             make_accelerator, make_optimizer, prepare_output_dir,
+                             end_run, fill_deepspeed_config, flat_config, hold_output_dir,
+                             log_metrics, make_accelerator, make_optimizer, prepare_output_dir,
                              raise_if_nonfinite, require, resume_state, save_model, to_device)
 
 Callback = Callable[[dict], Any]
@@ -92,7 +94,10 @@ def run_objective(config: TrainConfig, objective, data: list, data_stats,
     resume = check_output_dir(config)
     t_begin = time.time()
     accelerator = make_accelerator(config)
+    lock = None
     try:
+        lock = hold_output_dir(config, accelerator)
+        resume = check_output_dir(config, held=True)  # again: no other run can change it now
         set_seed(config.seed)
         model, tokenizer, keep_logits = objective.load_model(config)
         items = objective.tokenize(tokenizer, data)
@@ -172,7 +177,7 @@ def run_objective(config: TrainConfig, objective, data: list, data_stats,
                     stopping = stopping or stop.requested(accelerator)  # a callback may signal
                 if stopping or (config.save_steps > 0 and gs % config.save_steps == 0
                                 and gs < total_steps):
-                    raise_if_nonfinite(bad_step, accelerator, out)  # keep only good ones
+                    raise_if_nonfinite(bad_step, accelerator, out, model, optimizer, gs)
                     now = time.time()
                     saved = {**state, "train_seconds": state["train_seconds"] + now - t_train,
                              "num_tokens": state["num_tokens"] + session_tokens}
@@ -181,7 +186,7 @@ def run_objective(config: TrainConfig, objective, data: list, data_stats,
                     interrupted = True
                     break
         bar.close()
-        raise_if_nonfinite(bad_step, accelerator, out)
+        raise_if_nonfinite(bad_step, accelerator, out, model, optimizer, state["global_step"])
         state["train_seconds"] += time.time() - t_train
         state["num_tokens"] += session_tokens
         if not interrupted:
@@ -198,6 +203,8 @@ def run_objective(config: TrainConfig, objective, data: list, data_stats,
         accelerator.wait_for_everyone()
         return summary
     finally:
+        if lock is not None:
+            lock.close()
         end_run(accelerator)
 
 
