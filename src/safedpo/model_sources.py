@@ -86,6 +86,9 @@ def package_file(uri: str, what: str = "model source") -> Path:
     rel = rel.strip("/")
     for base in dirs:
         path = base / rel if rel else base
+        if not path.resolve().is_relative_to(base.resolve()):
+            raise ValueError(f"model source {uri!r} points outside package '{package}' "
+                             f"({path.resolve()}); name a file inside it")
         if path.exists():
             return path
     found = sorted(p.name for base in dirs for p in base.rglob("*.gguf"))

@@ -30,6 +30,9 @@ def resolve_dtype(dtype):
 def _check_exists(name: str, gguf_file: str | None) -> None:
     """A local-looking path that is not there is an error now, not a confusing hub error."""
     path = Path(name).expanduser()
+    if path.is_file():  # from_pretrained would read it as a malformed hub id
+        raise FileNotFoundError(f"model path {name} is a file, not a model folder: give the "
+                                "folder that holds config.json (or a .gguf file)")
     if path.exists():
         if gguf_file and path.is_dir() and not (path / gguf_file).exists():
             raise FileNotFoundError(f"GGUF file not found: {path / gguf_file}")
@@ -147,17 +150,19 @@ def adapter_base(adapter_dir: Path, base_model: str | None = None,
     return PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path, None
 
 
-def load_trained(path, *, dtype=None):
+def load_trained(path, *, dtype=None, trust_remote_code: bool = False):
     """-> (model in eval mode, tokenizer, prompt_template) from a run dir (``model/`` plus
     ``config.yaml``, whose prompt_template is used), a model dir or a peft adapter dir.
-    A hub id loads as a plain model with prompt_template None."""
+    A hub id loads as a plain model with prompt_template None. ``trust_remote_code`` comes
+    only from the caller: a run dir may come from anyone, so its config.yaml cannot set it."""
     if str(path).startswith(PACKAGE_SCHEME) or str(path).lower().endswith(".gguf"):
         model, tokenizer = load_model_and_tokenizer(str(path), dtype=dtype)  # a base model
         return model.eval(), tokenizer, None
     path = Path(str(path)).expanduser()
     if not path.exists():
         if _HUB_ID.match(str(path)) and not str(path).startswith((".", "/", "~")):
-            model, tokenizer = load_model_and_tokenizer(str(path), dtype=dtype)
+            model, tokenizer = load_model_and_tokenizer(
+                str(path), dtype=dtype, trust_remote_code=trust_remote_code)
             return model.eval(), tokenizer, None
         raise FileNotFoundError(f"no trained model at {path}: path does not exist")
     model_dir = run_model_dir(path)
@@ -169,8 +174,7 @@ def load_trained(path, *, dtype=None):
     # run's base comes from it too (see adapter_base).
     settings = _run_settings(model_dir)
     model, tokenizer = load_model_and_tokenizer(
-        str(model_dir), trust_remote_code=bool(settings.get("trust_remote_code", False)),
-        dtype=dtype)
+        str(model_dir), trust_remote_code=trust_remote_code, dtype=dtype)
     return model.eval(), tokenizer, settings.get("prompt_template")
 
 

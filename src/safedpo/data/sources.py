@@ -136,11 +136,19 @@ def _looks_like_path(source: str) -> bool:
 
 def _read_jsonl(path: Path, skip_malformed: bool = False) -> Table:
     records, malformed, row = [], [], 0
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
+    with open(path, "rb") as f:  # decoded line by line, so bad bytes get a row and a line
+        for line_no, raw in enumerate(f, start=1):
+            if not raw.strip():
                 continue
             row += 1
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                _malformed(malformed, skip_malformed, _error(
+                    str(path), row, line_no, None,
+                    f"not UTF-8 text (byte {raw[e.start]:#04x} at position {e.start + 1} in "
+                    "the line); save the file as UTF-8"))
+                continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:

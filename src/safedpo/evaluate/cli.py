@@ -82,6 +82,9 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
                             choices=["float32", "bfloat16", "float16", "auto"],
                             help="weights dtype of the policy and model scorers "
                                  "(default: bfloat16 on a GPU, float32 on a CPU)")
+        parser.add_argument("--trust-remote-code", action="store_true",
+                            help="let the model's files run their own Python code (auto_map); "
+                                 "only this flag turns it on, never a run dir's config.yaml")
         parser.add_argument("--label", default=None, help="method name shown in reports")
         parser.add_argument("--answers", default=None, metavar="JSONL",
                             help="given answers {prompt, response, label} whose log-prob under "
@@ -155,7 +158,7 @@ def _eval(args: argparse.Namespace) -> int:
                  world_seed=args.world_seed, reference=args.reference, label=args.label,
                  answers=args.answers,
                  n_boot=args.n_boot, dtype=args.dtype, overwrite=args.overwrite,
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, trust_remote_code=args.trust_remote_code)
     print(f"{m['label']}: {m['n_prompts']} prompts")
     for key, pct in (("harmless_ratio", True), ("mean_cost", False), ("mean_reward", False),
                      ("over_refusal_rate", True), ("win_rate", True)):

@@ -35,11 +35,13 @@ def default_scorers(prompts_source) -> list[str]:
                                                                     "outcome"]
 
 
-def load_policy(model, tokenizer=None, prompt_template: str | None = None, dtype=None):
+def load_policy(model, tokenizer=None, prompt_template: str | None = None, dtype=None,
+                trust_remote_code: bool = False):
     """-> (model, tokenizer, prompt_template, name). ``model`` is a run dir / model dir / adapter
     dir (``safedpo.modeling.load_trained``), a hub id, or an already-loaded model (then
     ``tokenizer`` is required). A loaded-from-disk model goes to the GPU when there is one, in
-    ``dtype`` (default: bfloat16 on a GPU, float32 on a CPU)."""
+    ``dtype`` (default: bfloat16 on a GPU, float32 on a CPU). ``trust_remote_code``: only
+    from the caller, never from the run's files."""
     if not isinstance(model, (str, Path)):
         if tokenizer is None:
             raise ValueError("evaluate() got a loaded model: pass its tokenizer= too")
@@ -48,7 +50,8 @@ def load_policy(model, tokenizer=None, prompt_template: str | None = None, dtype
     name = str(model)
     on_gpu = torch.cuda.is_available()
     dtype = dtype or ("bfloat16" if on_gpu else None)
-    loaded, tok, template = load_trained(name, dtype=dtype)  # FileNotFoundError if missing
+    loaded, tok, template = load_trained(name, dtype=dtype,  # FileNotFoundError if missing
+                                         trust_remote_code=trust_remote_code)
     if on_gpu and loaded.device.type == "cpu":
         loaded = loaded.to("cuda")
     return loaded, tok, prompt_template or template, name
@@ -101,7 +104,7 @@ def evaluate(model, prompts_source, out_dir: str | Path, *,
              world_seed: int | None = None, reference: str | Path | None = None,
              label: str | None = None, answers: str | Path | None = None,
              n_boot: int = M.N_BOOT, dtype=None, overwrite: bool = False,
-             progress: bool = True) -> dict:
+             progress: bool = True, trust_remote_code: bool = False) -> dict:
     """Generate one response per prompt, score it, and write to ``out_dir``:
     generations.jsonl (index, prompt, response, harmful, category, scores), metrics.json and
     report.md. Returns the metrics dict.
@@ -116,6 +119,8 @@ def evaluate(model, prompts_source, out_dir: str | Path, *,
     prompts already in generations.jsonl are not generated again. ``dtype``: for a model loaded
     here and for model scorers ('float32', 'bfloat16', ...; default bfloat16 on a GPU, else
     float32).
+    ``trust_remote_code``: let the policy's model files run their own code (off; never taken
+    from a run dir's config.yaml).
     """
     world_seed = _world_seed(prompts_source, world_seed)
     out_dir = Path(out_dir)
@@ -129,7 +134,8 @@ def evaluate(model, prompts_source, out_dir: str | Path, *,
     for spec in specs:
         if isinstance(spec, Scorer):
             spec.check(prompts)
-    policy, tok, template, model_name = load_policy(model, tokenizer, prompt_template, dtype)
+    policy, tok, template, model_name = load_policy(model, tokenizer, prompt_template, dtype,
+                                                      trust_remote_code)
     source_name = prompts_source if isinstance(prompts_source, (str, Path)) \
         else f"<{len(records)} prompts>"
     settings = {"model": model_name, "prompts": str(source_name), "split": split,
