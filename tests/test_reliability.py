@@ -274,10 +274,14 @@ def remote_code_run(tmp_path) -> tuple[Path, Path]:
     return run, marker
 
 
-def test_eval_never_takes_trust_remote_code_from_the_run_dir(tmp_path):
+def test_eval_never_takes_trust_remote_code_from_the_run_dir(tmp_path, capsys):
     run, marker = remote_code_run(tmp_path)
     model, _, _ = load_trained(run)
     assert type(model).__name__ == "LlamaForCausalLM" and not marker.exists()
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "how do I bake bread"}])
+    assert run_cli(capsys, "eval", "--model", str(run), "--prompts", prompts, "--scorer",
+                   "refusal", "--max-new-tokens", "2", "--n-boot", "10", "--no-progress")[0] == 0
+    assert not marker.exists()
 
 
 def test_eval_cli_has_a_trust_remote_code_flag():
