@@ -323,7 +323,7 @@ def test_a_crafted_checkpoint_file_is_refused_not_run(finished_run, tmp_path, ca
 
 
 @pytest.mark.parametrize("rel", ["../outside.gguf", "sub/../../outside.gguf", "/../outside.gguf"])
-def test_a_pkg_path_stays_inside_its_package(tmp_path, monkeypatch, rel):
+def test_a_pkg_path_stays_inside_its_package(tmp_path, monkeypatch, capsys, rel):
     pkg = tmp_path / "site" / "weights_pkg"
     (pkg / "sub").mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
@@ -333,3 +333,11 @@ def test_a_pkg_path_stays_inside_its_package(tmp_path, monkeypatch, rel):
     assert package_file("pkg://weights_pkg/sub/../m.gguf") == pkg / "sub" / ".." / "m.gguf"
     with pytest.raises(ValueError, match="points outside package 'weights_pkg'"):
         package_file(f"pkg://weights_pkg/{rel}")
+    data = write_jsonl(tmp_path / "train.jsonl", pku_rows())
+    code, err = run_cli(capsys, "train", "--model_name_or_path", f"pkg://weights_pkg/{rel}",
+                        "--dataset", data, "--output_dir", str(tmp_path / "run"))
+    assert code == 2 and err == (
+        f"safedpo train: error: model_name_or_path: model source 'pkg://weights_pkg/{rel}' "
+        f"points outside package 'weights_pkg' ({tmp_path / 'site' / 'outside.gguf'}); name a "
+        "file inside it")
+    assert not (tmp_path / "run").exists()
