@@ -36,7 +36,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS
        "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
        "WANDB_MODE": "disabled"}
 CLI = [sys.executable, "-m", "safedpo.cli"]
-STEPS = 12
+STEPS = 20
 WORDS = ["how do I bake bread", "how do I pick a lock", "what is the capital of France",
          "Paris is the capital", "mix flour water and yeast then bake", "I cannot help with that",
          "use a tension wrench and pick the lock", "I do not know", "tell me a joke",
@@ -263,7 +263,11 @@ def kill_trials(s: Setup, straight: Path, t_first: float, t_total: float, trials
     for i in range(trials):
         out = s.work / f"kill{i}"
         proc = start(*s.train(out))
-        time.sleep(rng.uniform(0.3 * t_first, t_total))
+        if rng.random() < 0.2:  # during start-up and loading
+            time.sleep(rng.uniform(0, t_first))
+        else:  # during training, checkpointing (saving, rotating) and the final save
+            wait_for_metrics(out, 1, proc)
+            time.sleep(rng.uniform(0, 1.2 * (t_total - t_first)))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             figures["killed"] += 1
