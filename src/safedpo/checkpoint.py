@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.distributed.tensor import DTensor
 
 from safedpo.config import ConfigError
 from safedpo.model_sources import resolve_model_source
@@ -83,25 +84,6 @@ def clear_leftovers(output_dir) -> None:
                     shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
 
 
-def in_use(output_dir, holder: str) -> str:
-    return (f"output_dir {output_dir} is in use by a running run ({holder}); wait for it to "
-            "finish, stop it, or use another output_dir")
-
-
-def lock_holder(output_dir) -> str | None:
-    """Who holds the run lock of ``output_dir`` now ('pid N on HOST'), or None; a probe that
-    creates and changes nothing."""
-    path = Path(output_dir) / LOCK_FILE
-    if not path.is_file():
-        return None
-    with open(path) as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return f.read().strip() or "another process"
-    return None  # closing the file released the probe's lock
-
-
 def lock_output_dir(output_dir):
     """Take the run lock of ``output_dir`` (created if needed) -> the open lock file; closing
     it (or the process ending, even by kill -9) releases the lock. Raises ConfigError at
@@ -115,7 +97,8 @@ def lock_output_dir(output_dir):
         f.seek(0)
         holder = f.read().strip() or "another process"
         f.close()
-        raise ConfigError(in_use(out, holder)) from None
+        raise ConfigError(f"output_dir {out} is in use by a running run ({holder}); wait for "
+                          "it to finish, stop it, or use another output_dir") from None
     f.truncate(0)
     f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")  # for the message above
     f.flush()
@@ -218,6 +201,8 @@ def state_is_finite(accelerator, model, optimizer) -> bool:
     tensors = [p.detach() for p in model.parameters()]
     tensors += [v for s in optimizer.state.values() for v in s.values()
                 if torch.is_tensor(v) and v.is_floating_point()]
+    # FSDP2 shards are DTensors: each process checks its own shard, the reduce sees them all.
+    tensors = [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
     bad = torch.stack([~torch.isfinite(t).all() for t in tensors]).any() if tensors \
         else torch.tensor(False)
     return not bool(accelerator.reduce(bad.float().to(accelerator.device), "max"))

@@ -171,16 +171,13 @@ def hold_output_dir(config: TrainConfig, accelerator):
     return lock
 
 
-def check_output_dir(config: TrainConfig, held: bool = False) -> Path | None:
-    """-> the checkpoint to resume, or None. Refuses a dir another run holds (unless ``held``:
-    this run holds it), replacing a previous run unless asked, and resuming with settings
-    that change what the run computes; deletes nothing (``prepare_output_dir`` does, once the
-    run can start). A run that stopped before its first checkpoint (only metrics.jsonl) has
-    nothing to continue: it runs again."""
+def check_output_dir(config: TrainConfig) -> Path | None:
+    """-> the checkpoint to resume, or None. Refuses to replace a previous run unless asked
+    and to resume with settings that change what the run computes; deletes nothing
+    (``prepare_output_dir`` does, once the run can start). A run that stopped before its
+    first checkpoint (only metrics.jsonl) has nothing to continue: it runs again. Checked
+    before anything loads, and again under the run lock (``hold_output_dir``)."""
     out = Path(config.output_dir)
-    holder = None if held else ckpt.lock_holder(out)
-    if holder:
-        raise ConfigError(ckpt.in_use(out, holder))
     resume = checked_resume(config, out)
     previous = [n for n in RUN_FILES if (out / n).exists()]
     if previous and previous != ["metrics.jsonl"] and resume is None \

@@ -68,8 +68,8 @@ from safedpo.modeling import load_model_and_tokenizer
 from safedpo.prompts import format_prompt
 from safedpo.reward_models import train_score_model
 from safedpo.runtime import (MetricSums, StopOnSignal, check_models, check_output_dir,
-                             disable_dropout, end_run, flat_config, load_policy, log_metrics,
-                             make_accelerator, make_optimizer, prepare_output_dir,
+                             disable_dropout, end_run, flat_config, hold_output_dir, load_policy,
+                             log_metrics, make_accelerator, make_optimizer, prepare_output_dir,
                              raise_if_nonfinite, require, resume_state, save_model)
 from safedpo.tokenization import encode_prompt
 from safedpo.train import batch_indices
@@ -312,7 +312,17 @@ def train(config: TrainConfig, *, callbacks=()) -> dict:
     config = dataclasses.replace(config, loss_type=SAFERLHF)
     require(config.dataset, "dataset")
     check_models(config)
-    resume = check_output_dir(config)
+    check_output_dir(config)
+    lock = hold_output_dir(config, PartialState())  # one run per output_dir
+    try:
+        return _train(config, callbacks)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _train(config: TrainConfig, callbacks) -> dict:
+    resume = check_output_dir(config)  # again: no other run can change the dir now
     t_begin = time.time()
     rows = load_rows(config.dataset, split=config.dataset_split, config_name=config.dataset_config,
                      column_map=config.column_map, skip_invalid=config.skip_invalid)
@@ -392,7 +402,7 @@ def train(config: TrainConfig, *, callbacks=()) -> dict:
                                         f"lambda={state['lagrange']:.3f}", refresh=False)
                 if stopping or (config.save_steps > 0 and gs % config.save_steps == 0
                                 and gs < total_steps):
-                    raise_if_nonfinite(bad_step, accelerator, out)
+                    raise_if_nonfinite(bad_step, accelerator, out, model, optimizer, gs)
                     ckpt.save_checkpoint(accelerator, out, {
                         **state, "train_seconds": state["train_seconds"] + time.time() - t_train},
                         config.save_total_limit)
@@ -400,7 +410,7 @@ def train(config: TrainConfig, *, callbacks=()) -> dict:
                     interrupted = True
                     break
         bar.close()
-        raise_if_nonfinite(bad_step, accelerator, out)
+        raise_if_nonfinite(bad_step, accelerator, out, model, optimizer, state["global_step"])
         state["train_seconds"] += time.time() - t_train
         if not interrupted:
             save_model(accelerator, unwrapped.policy, tokenizer, out, config)

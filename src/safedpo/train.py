@@ -97,7 +97,7 @@ def run_objective(config: TrainConfig, objective, data: list, data_stats,
     lock = None
     try:
         lock = hold_output_dir(config, accelerator)
-        resume = check_output_dir(config, held=True)  # again: no other run can change it now
+        resume = check_output_dir(config)  # again: no other run can change the dir now
         set_seed(config.seed)
         model, tokenizer, keep_logits = objective.load_model(config)
         items = objective.tokenize(tokenizer, data)
