@@ -284,6 +284,23 @@ def test_eval_never_takes_trust_remote_code_from_the_run_dir(tmp_path, capsys):
     assert not marker.exists()
 
 
+def test_train_never_takes_trust_remote_code_from_a_config_file(tmp_path, capsys):
+    """A downloaded run's config.yaml given as --config must not run its model's code."""
+    run, marker = remote_code_run(tmp_path)
+    data = tmp_path / "train.jsonl"
+    code, err = run_cli(capsys, "train", "--config", str(run / "config.yaml"),
+                        "--model_name_or_path", str(run / "model"), "--dataset", str(data),
+                        "--output_dir", str(tmp_path / "out"))
+    assert code == 2 and not marker.exists()
+    assert err.strip() == (f"safedpo train: error: {run / 'config.yaml'}: trust_remote_code: "
+                           "true is only taken from the command line; pass "
+                           "--trust_remote_code true if you trust the model's code")
+    # The person running the command may turn it on; a file may still say false.
+    assert load_config(None, ["--trust_remote_code", "true"]).trust_remote_code is True
+    (tmp_path / "off.yaml").write_text("trust_remote_code: false\n")
+    assert load_config(tmp_path / "off.yaml").trust_remote_code is False
+
+
 def test_eval_cli_has_a_trust_remote_code_flag():
     from safedpo.cli import build_parser
 

@@ -210,7 +210,7 @@ def load_plan(command: str, config_path: str | Path, *, cli: Layer | None = None
     where = str(path)
     check_keys(data, _TOP[command], where)
     out = Path(output_dir or data.get("output_dir") or f"runs/{command}")
-    cli = cli or Layer("command line", parse_overrides(list(overrides)))
+    cli = cli or Layer("command line", parse_overrides(list(overrides)), typed_by_user=True)
     if command == "sacpo":
         stages = _sacpo_stages(data, where, path, [], cli, out)
         return Plan(out, [Method("sacpo", stages, kind="sacpo")], evaluation=None,

@@ -258,6 +258,7 @@ class Layer:
     names it in errors. Values may be strings (the command line) or typed (YAML)."""
     where: str
     values: dict
+    typed_by_user: bool = False  # the command line or code: only these may turn on remote code
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -303,6 +304,11 @@ def resolve(layers: list[Layer]) -> TrainConfig:
         check_keys(layer.values, FIELDS, layer.where, noun="config key")
         for key, value in layer.values.items():
             merged[key] = coerce(key, value, layer.where)
+            if key == "trust_remote_code" and merged[key] and not layer.typed_by_user:
+                # A config file may come with a downloaded run: it must not run code on load.
+                raise ConfigError(
+                    f"{layer.where}: trust_remote_code: true is only taken from the command "
+                    "line; pass --trust_remote_code true if you trust the model's code")
     config = TrainConfig(**merged)
     validate(config)
     return config
@@ -313,8 +319,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """TrainConfig from a YAML file (or defaults), then ``--key value`` overrides (a script's
     argv), then keyword ``values``. Unknown keys raise ConfigError naming the key."""
     layers = [file_layer(path)] if path is not None else []
-    layers += [Layer("command line", parse_overrides(list(overrides or []))),
-               Layer("keyword argument", values)]
+    layers += [Layer("command line", parse_overrides(list(overrides or [])), True),
+               Layer("keyword argument", values, True)]
     return resolve(layers)
 
 
@@ -348,7 +354,7 @@ def args_layer(args: argparse.Namespace, prefix: str = "") -> Layer:
         if hasattr(args, prefix + key):
             value = getattr(args, prefix + key)
             values[key] = value[0] if isinstance(value, list) and len(value) == 1 else value
-    return Layer("command line", values)
+    return Layer("command line", values, typed_by_user=True)
 
 
 DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "auto")
