@@ -339,6 +339,24 @@ def test_a_crafted_checkpoint_file_is_refused_not_run(finished_run, tmp_path, ca
     assert marker.read_text() == "ran"
 
 
+def test_deepspeed_checkpoint_files_are_scanned_before_deepspeed_loads_them(tmp_path):
+    """DeepSpeed loads its own optimizer files without weights_only: ours scan them first."""
+    ds = pytest.importorskip("deepspeed.runtime.fp16.loss_scaler")
+    good, bad = tmp_path / "good" / "pytorch_model", tmp_path / "bad" / "pytorch_model"
+    good.mkdir(parents=True)
+    bad.mkdir(parents=True)
+    # What a real ZeRO optimizer file holds besides tensors (found in a 2-process ZeRO-2 run).
+    torch.save({"state": torch.zeros(2), "loss_scaler": ds.LossScaler(1.0)},
+               good / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    ckpt.check_pickles(good.parent)
+    marker = tmp_path / "marker"
+    torch.save({"state": torch.zeros(2), "x": _Payload(marker)},
+               bad / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    with pytest.raises(ConfigError, match="names builtins.exec, which a checkpoint never needs"):
+        ckpt.check_pickles(bad.parent)
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("rel", ["../outside.gguf", "sub/../../outside.gguf", "/../outside.gguf"])
 def test_a_pkg_path_stays_inside_its_package(tmp_path, monkeypatch, capsys, rel):
     pkg = tmp_path / "site" / "weights_pkg"

@@ -182,6 +182,8 @@ def load_checkpoint(accelerator, path) -> dict:
     containers only): a file that needs arbitrary objects is refused, not executed."""
     # With frozen parameters the checkpoint holds only the trainable ones (see save_checkpoint).
     strict = {"strict": False} if _frozen_params(accelerator) else {}
+    if accelerator.state.deepspeed_plugin is not None:
+        check_pickles(path)  # DeepSpeed loads its own files, without weights_only
     try:
         accelerator.load_state(str(path), load_kwargs={"weights_only": True}, **strict)
     except pickle.UnpicklingError as e:
@@ -192,6 +194,24 @@ def load_checkpoint(accelerator, path) -> dict:
     state = json.loads((Path(path) / STATE_FILE).read_text())
     state.pop(_FILES, None)
     return state
+
+
+# What DeepSpeed's ZeRO checkpoints hold besides tensors and plain containers.
+DEEPSPEED_GLOBALS = frozenset({"deepspeed.runtime.zero.config.ZeroStageEnum",
+                               "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+                               "deepspeed.utils.tensor_fragment.fragment_address"})
+
+
+def check_pickles(path, allowed=DEEPSPEED_GLOBALS) -> None:
+    """ConfigError unless every ``*.pt`` file under ``path`` names only the globals that
+    ``weights_only=True`` allows, plus ``allowed``. The files are scanned, not unpickled, so a
+    crafted file's payload never runs; DeepSpeed then loads files that can hold nothing else."""
+    for f in sorted(Path(path).rglob("*.pt")):
+        unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(f)) - allowed
+        if unsafe:
+            raise ConfigError(f"checkpoint {path}: {f.name} names {', '.join(sorted(unsafe))}, "
+                              "which a checkpoint never needs; refused. Resume from a "
+                              "checkpoint you trust")
 
 
 def state_is_finite(accelerator, model, optimizer) -> bool:
