@@ -57,7 +57,7 @@ bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS),bench]"
 	$(PY) benchmarks/bench_trl.py $(BENCH_ARGS)
 
-# Issue 13: SmolLM2-135M-Instruct + LoRA, ours vs TRL + peft (~10 min on 2 cores, estimated).
+# SmolLM2-135M-Instruct + LoRA, ours vs TRL + peft (9 min on 2 quiet cores, measured).
 bench-smollm2:
 	$(MAKE) bench BENCH_ARGS="--model smollm2 --out bench_out/smollm2 $(BENCH_ARGS)"
 
