@@ -19,9 +19,9 @@ _EXAMPLES = {
     "sft": "example: safedpo sft --config configs/tiny-cpu.yaml "
            "--model_name_or_path tiny-model --dataset data/sft.jsonl --output_dir runs/sft",
     "rm": "example: safedpo rm --model_name_or_path runs/sft/model --dataset data/train.jsonl "
-          "--output_dir runs/rm (then: safedpo eval --scorers reward:runs/rm/model)",
+          "--output_dir runs/rm (then: safedpo eval --scorer reward:runs/rm/model)",
     "cm": "example: safedpo cm --model_name_or_path runs/sft/model --dataset data/train.jsonl "
-          "--output_dir runs/cm (then: safedpo eval --scorers cost:runs/cm/model)",
+          "--output_dir runs/cm (then: safedpo eval --scorer cost:runs/cm/model)",
     "saferlhf": "example: safedpo saferlhf --config configs/saferlhf-tiny.yaml "
                 "--model_name_or_path runs/sft/model --dataset data/train.jsonl "
                 "(reward/cost models: --reward_model_path runs/rm/model --cost_model_path "

@@ -2,7 +2,7 @@
 trained from the same PKU-SafeRLHF-schema data as SafeDPO, on the same training loop.
 
 Both are ``AutoModelForSequenceClassification`` models with one output (num_labels 1), started
-from the SFT reference; ``model/`` of the run is what ``safedpo eval --scorers reward:PATH`` /
+from the SFT reference; ``model/`` of the run is what ``safedpo eval --scorer reward:PATH`` /
 ``cost:PATH`` and ``safedpo saferlhf`` load. The score is the logit at the last token of
 ``conversation_ids(prompt, response)`` (no EOS), the tokens the scorers build, so training
 and scoring see the same input.
@@ -27,7 +27,7 @@ from safedpo.data import load_pairs
 from safedpo.evaluate.scorers import conversation_ids
 from safedpo.modeling import resolve_dtype, run_model_dir
 from safedpo.objectives import Objective
-from safedpo.runtime import disable_dropout
+from safedpo.runtime import disable_dropout, require
 from safedpo.tokenization import pad_sequences
 from safedpo.train import run_objective
 
@@ -142,8 +142,7 @@ def train_score_model(config: TrainConfig, kind: str, pairs=None, *, callbacks=(
     validate(config)  # a config built in code is checked as a resolved one is
     stats = None
     if pairs is None:
-        if not config.dataset:
-            raise ConfigError("'dataset' is not set (config file or --dataset)")
+        require(config.dataset, "dataset")
         pairs, stats = load_pairs(
             config.dataset, view=config.view, split=config.dataset_split,
             config_name=config.dataset_config, column_map=config.column_map,
