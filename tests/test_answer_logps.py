@@ -57,8 +57,12 @@ def test_read_answers_names_the_bad_row(tmp_path):
     path = tmp_path / "a.jsonl"
     path.write_text('{"prompt": "p", "response": "r", "label": "refusal"}\n'
                     '{"prompt": "p", "response": ""}\n')
-    with pytest.raises(ValueError, match=r"a\.jsonl, row 2, column 'response'"):
+    with pytest.raises(ValueError, match=r"a\.jsonl, row 2, column 'response': expected a "
+                                         r"non-empty string \(line 2\)"):
         read_answers(path)
+    path.write_text('{"prompt": "p", "response": "r", "label": "refusal"}\n[1, 2]\n')
+    with pytest.raises(ValueError, match=r"a\.jsonl, row 2: expected a JSON object"):
+        read_answers(path)  # the data loader's checks: no AttributeError on a non-object
 
 
 def test_evaluate_records_them_and_the_report_shows_the_shift(tiny, tmp_path):

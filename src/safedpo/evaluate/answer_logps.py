@@ -14,12 +14,12 @@ judge involved.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from safedpo.data.sources import read_table
 from safedpo.data.types import DataError
 from safedpo.evaluate import metrics as M
 from safedpo.logprobs import sequence_logps
@@ -27,21 +27,17 @@ from safedpo.tokenization import pad_sequences, tokenize_sft
 
 
 def read_answers(path: str | Path) -> list[dict]:
-    """Rows {prompt, response, label} of a jsonl file (other keys ignored)."""
+    """Rows {prompt, response, label} of a jsonl/json/csv/parquet file (other keys ignored);
+    read by the data loader, so a bad row is a DataError naming the file, row and line."""
     rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"not valid JSON ({err})", file=str(path), row=n) from err
+    for row, line, record in read_table(path).records:
         for key in ("prompt", "response", "label"):
-            if not isinstance(row.get(key), str) or not row[key]:
-                raise DataError("expected a non-empty string", file=str(path), row=n, column=key)
-        rows.append({k: row[k] for k in ("prompt", "response", "label")})
-    if not rows:
-        raise DataError("no answers", file=str(path))
+            value = record.get(key)
+            if not isinstance(value, str) or not value:
+                where = f" (line {line})" if line else ""
+                raise DataError(f"expected a non-empty string{where}", file=str(path), row=row,
+                                column=key)
+        rows.append({k: record[k] for k in ("prompt", "response", "label")})
     return rows
 
 

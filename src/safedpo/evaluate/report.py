@@ -50,14 +50,14 @@ def _outcome_lines(outcomes: dict | None) -> list[str]:
         return []
     head = "| " + " | ".join(f"{o} [95% CI]" for o in OUTCOMES) + " | n |"
     lines = ["", "## Outcomes: explicit refusal, non-answer, compliance", "",
-             "| Prompts " + head, "|---|---|---|---|---|"]
+             "| Prompts " + head, "|---|" + "---|" * (len(OUTCOMES) + 1)]
     for group in ("harmful", "benign", "all"):
         rates = outcomes.get(group)
         if rates:
             lines.append(f"| {group} | " + " | ".join(fmt(rates[o], pct=True) for o in OUTCOMES)
                          + f" | {rates[OUTCOMES[0]]['n']} |")
     if outcomes.get("per_category"):
-        lines += ["", "| Category " + head, "|---|---|---|---|---|"]
+        lines += ["", "| Category " + head, "|---|" + "---|" * (len(OUTCOMES) + 1)]
         lines += [f"| {cat} | " + " | ".join(fmt(r[o], pct=True) for o in OUTCOMES)
                   + f" | {r[OUTCOMES[0]]['n']} |" for cat, r in outcomes["per_category"].items()]
     return lines

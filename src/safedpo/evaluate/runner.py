@@ -134,6 +134,7 @@ def evaluate(model, prompts_source, out_dir: str | Path, *,
     for spec in specs:
         if isinstance(spec, Scorer):
             spec.check(prompts)
+    given = read_answers(answers) if answers is not None else None  # before any model
     policy, tok, template, model_name = load_policy(model, tokenizer, prompt_template, dtype,
                                                       trust_remote_code)
     source_name = prompts_source if isinstance(prompts_source, (str, Path)) \
@@ -150,9 +151,7 @@ def evaluate(model, prompts_source, out_dir: str | Path, *,
                             prompt_template=template, max_new_tokens=max_new_tokens,
                             do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed,
                             batch_size=batch_size, progress=progress)
-    given = None
-    if answers is not None:
-        given = read_answers(answers)
+    if given is not None:
         given = {"source": str(answers), "labels": [r["label"] for r in given],
                  "logps": answer_logps(policy, tok, given, prompt_template=template,
                                        batch_size=batch_size)}
