@@ -282,6 +282,17 @@ def test_saferlhf_cli_errors_are_one_line(world_sft, tmp_path, capsys):
     with pytest.raises(ConfigError, match="multiple of num_mini_batches"):
         train(ppo_config(root, paths, "bad", per_device_train_batch_size=6, num_mini_batches=4,
                          max_steps=1))
+    assert not (root / "bad").exists()  # refused before the run dir or score models
+
+
+def test_saferlhf_refuses_sharded_launchers(world_sft, monkeypatch):
+    _, root, paths = world_sft
+    for flag in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP"):
+        monkeypatch.setenv(flag, "true")
+        with pytest.raises(ConfigError, match="not under DeepSpeed or FSDP: its critic"):
+            train(ppo_config(root, paths, "sharded", max_steps=1))
+        monkeypatch.delenv(flag)
+    assert not (root / "sharded").exists()
 
 
 def test_compare_runs_saferlhf_with_its_own_loop(tmp_path, monkeypatch):

@@ -60,6 +60,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from safedpo import checkpoint as ckpt
+from safedpo import distributed
 from safedpo.config import SAFERLHF, ConfigError, TrainConfig, coerce
 from safedpo.data import DataError, load_rows
 from safedpo.evaluate.scorers import OracleCostScorer, OracleRewardScorer, load_model_scorer
@@ -311,6 +312,14 @@ def train(config: TrainConfig, *, callbacks=()) -> dict:
     summary (``train_seconds`` includes the reward/cost models it trained)."""
     config = dataclasses.replace(config, loss_type=SAFERLHF)
     require(config.dataset, "dataset")
+    # Settings checks come before the previous run is replaced and the score models trained.
+    b = config.per_device_train_batch_size
+    if b % config.num_mini_batches:
+        raise ConfigError(f"per_device_train_batch_size ({b}) must be a multiple of "
+                          f"num_mini_batches ({config.num_mini_batches})")
+    if distributed.requested().kind in ("DEEPSPEED", "FSDP"):
+        raise ConfigError("safedpo saferlhf runs on one process or DDP (torchrun), not under "
+                          "DeepSpeed or FSDP: its critic, reference and rollouts are not sharded")
     check_models(config)
     check_output_dir(config)
     lock = hold_output_dir(config, PartialState())  # one run per output_dir
@@ -341,9 +350,6 @@ def _train(config: TrainConfig, callbacks) -> dict:
                       [-(config.max_prompt_length or 10**9):] for p in prompts]
         b, nproc, rank = config.per_device_train_batch_size, accelerator.num_processes, \
             accelerator.process_index
-        if b % config.num_mini_batches:
-            raise ConfigError(f"per_device_train_batch_size ({b}) must be a multiple of "
-                              f"num_mini_batches ({config.num_mini_batches})")
         steps_per_epoch = math.ceil(len(prompts) / (b * nproc))
         total_steps = config.max_steps if config.max_steps > 0 else \
             math.ceil(config.num_train_epochs * steps_per_epoch)
