@@ -126,3 +126,16 @@ def test_cli_options_cover_every_field_and_parse(capsys):
         build_parser(["saferlhf", "--help"]).parse_args(["saferlhf", "--help"])
     text = capsys.readouterr().out
     assert [k for k in FIELDS if f"--{k}" not in text] == []
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"dtype": "f32"}, "dtype 'f32' is not a weight dtype; use one of"),
+    ({"num_ppo_epochs": 0}, "num_ppo_epochs, num_mini_batches and response_length must be >= 1"),
+    ({"response_length": 0}, "num_ppo_epochs, num_mini_batches and response_length must be >= 1"),
+    ({"temperature": 0}, "temperature must be > 0, got 0.0"),
+    ({"lambda_lr": -1}, "lambda_init and lambda_lr must be >= 0"),
+])
+def test_validation_messages(values, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, **values)
+    assert message in str(err.value)

