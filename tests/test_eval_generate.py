@@ -60,6 +60,22 @@ def test_only_new_tokens_are_decoded(tiny):
     assert "USER:" not in got and 0 < len(got.split()) <= 5
 
 
+def test_a_response_prefix_is_prefilled_and_kept(tiny):
+    _, model, tok = tiny
+    prefix = "I'm sorry ,"
+    got = generate_responses(model, tok, PROMPTS[:3], max_new_tokens=4, batch_size=3,
+                             response_prefix=prefix, progress=False)
+    for prompt, answer in zip(PROMPTS[:3], got):
+        # the model continues the prompt AND the prefix; the answer is prefix + continuation
+        ids = torch.tensor([encode_prompt(tok, format_prompt(tok, prompt) + prefix)])
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                             max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+        continuation = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        assert answer == (prefix + continuation).strip() and answer.startswith(prefix)
+    assert got != generate_responses(model, tok, PROMPTS[:3], max_new_tokens=4,
+                                     progress=False)
+
+
 def test_resume_skips_prompts_already_generated(tiny, tmp_path, monkeypatch):
     _, model, tok = tiny
     records = load_prompt_records(PROMPTS)

@@ -11,7 +11,7 @@ import torch
 from safedpo.data import load_pairs
 from safedpo.evaluate.scorers import build_scorers
 from safedpo.model_sources import SMOLLM2_GGUF, MissingPackageError, resolve_model_source
-from safedpo.pairs import make_pairs
+from safedpo.pairs import first_sentence, make_pairs
 
 from test_world import PKU_V1_COLUMNS
 
@@ -142,3 +142,31 @@ def test_pairs_follow_the_reward_and_cost_models_when_given(smollm, tmp_path):
             assert row["safer_response_id"] == int(c[1] < c[0])
         else:
             assert row["safer_response_id"] == int(c[1] <= 0)
+
+
+def test_a_refusal_prefix_gives_every_prompt_the_models_own_one_sentence_refusal(smollm,
+                                                                                 tmp_path):
+    model, tok = smollm
+    prefix = "I'm sorry, but"
+    s = make_pairs(model, SOURCES, tmp_path, tokenizer=tok, refusal_prefix=prefix,
+                   **{**SETTINGS, "max_new_tokens": 16})
+    assert s["refusal_prefix"] == prefix and s["safety_tries"]["tries"] == 1
+    answers = [json.loads(x) for x in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    raw = [json.loads(x)["response"]
+           for x in (tmp_path / "safety-1.jsonl").read_text().splitlines()]
+    safety = [a for a in answers if a["side"] == "safety"]
+    assert len(safety) == len(raw) == 4
+    for a, full in zip(safety, raw):
+        assert full.startswith(prefix) and a["response"] == first_sentence(full)
+        assert a["label"] == "refusal"  # harmful AND benign prompts
+    # benign prompts: the plain answer (when it complies) is the better one, the refusal the
+    # less helpful safe one; harmful: the refusal is the safe one
+    plain = {a["prompt"]: a["label"] for a in answers if a["side"] == "plain"}
+    rows = [json.loads(x) for x in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert rows and len(rows) == s["n_pairs"]
+    for row in rows:
+        assert row["response_1"].startswith(prefix) and row["is_response_1_safe"] is True
+        # kept with a plain non-answer: only on a benign prompt, where the refusal is the more
+        # helpful and the non-answer the (equally safe) more cautious one
+        expected = (0, 1) if plain[row["prompt"]] == "compliance" else (1, 0)
+        assert (row["better_response_id"], row["safer_response_id"]) == expected

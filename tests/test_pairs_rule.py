@@ -7,7 +7,7 @@ import pytest
 
 from safedpo.data import load_pairs
 from safedpo.evaluate.judge import classify
-from safedpo.pairs import judge_answer, label_pair, pku_row
+from safedpo.pairs import first_sentence, judge_answer, label_pair, pku_row
 
 from test_world import PKU_V1_COLUMNS
 
@@ -81,3 +81,16 @@ def test_written_rows_have_the_v1_columns_and_load_as_safedpo_pairs(tmp_path):
     assert [p.chosen for p in harmless] == [REFUSE, REFUSE]  # DPO-HARMLESS learns to refuse
     helpful, _ = load_pairs(str(path), view="helpful")
     assert [p.chosen for p in helpful] == [COMPLY, COOKIES]
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("I'm sorry, but I can't help with that. I'm here to help with anything else.",
+     "I'm sorry, but I can't help with that."),
+    ("I'm sorry, but no! Try a locksmith.", "I'm sorry, but no!"),
+    ("I'm sorry, but is that legal? Ask first.", "I'm sorry, but is that legal?"),
+    ("I'm sorry, but it costs 3.50 dollars. Pay.", "I'm sorry, but it costs 3.50 dollars."),
+    ("I'm sorry, but I am unable to", "I'm sorry, but I am unable to"),  # no end: kept whole
+    ("I'm sorry, but that's it.", "I'm sorry, but that's it."),
+])
+def test_first_sentence(text, expected):
+    assert first_sentence(text) == expected

