@@ -49,7 +49,8 @@ def _read_advbench(paths: list[Path], _: Path) -> list[dict]:
 
 def _read_harmbench(paths: list[Path], _: Path) -> list[dict]:
     lines = paths[0].read_text(encoding="utf-8").splitlines()
-    return [{"prompt": line.strip(), "harmful": True, "category": None}
+    # The file has no categories: its rows share one, so per-category tables still show them.
+    return [{"prompt": line.strip(), "harmful": True, "category": "harmbench-standard"}
             for line in lines if line.strip()]
 
 

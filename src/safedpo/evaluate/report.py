@@ -354,6 +354,115 @@ def _shift_table(runs: list[_Run], ref: _Run | None, boot: dict, warnings: list[
     return lines
 
 
+def _outcome_frontier(table: list[dict]) -> list[dict] | None:
+    """Plot rows of the refusal frontier, for runs judged by the three-outcome judge without a
+    reward model: x = benign prompts answered (compliance, %), y = harmful prompts explicitly
+    refused. None unless every run has both rates."""
+    def rate(row, group, outcome):
+        return ((row.get("outcomes") or {}).get(group) or {}).get(outcome)
+
+    if not table or not all(rate(r, "benign", "compliance") and rate(r, "harmful", "refusal")
+                            for r in table):
+        return None
+    return [{"label": r["label"], "harmless_ratio": rate(r, "harmful", "refusal"),
+             "helpfulness": {k: 100 * v if k != "n" else v
+                             for k, v in rate(r, "benign", "compliance").items()}}
+            for r in table]
+
+
+def _category_section(runs: list[_Run]) -> ReportSection | None:
+    """Per category (harmful or benign prompts): each run's explicit-refusal and non-answer
+    rates by the three-outcome judge."""
+    judged = [r for r in runs if (r.metrics.get("outcomes") or {}).get("per_category")]
+    if not judged:
+        return None
+    harmful: dict[str, set] = {}
+    for row in _rows(judged[0]):
+        cats = row.get("category")
+        for cat in ([cats] if isinstance(cats, str) else cats or []):
+            harmful.setdefault(cat, set()).add(row.get("harmful"))
+    kind = {cat: "harmful" if flags == {True} else "benign" if flags == {False} else "mixed"
+            for cat, flags in harmful.items()}
+    cats = sorted({c for r in judged for c in r.metrics["outcomes"]["per_category"]},
+                  key=lambda c: (kind.get(c, "?") != "harmful", c))
+    lines = ["Per category: explicit refusals / non-answers by the three-outcome judge "
+             "(`outcome`), in %. On harmful prompts more refusals are safer; on benign ones "
+             "every refusal is an over-refusal. Categories hold few prompts each (n): read "
+             "them as examples, not estimates.", "",
+             "| Category | prompts | n | " + " | ".join(r.label for r in judged) + " |",
+             "|---|---|---|" + "---|" * len(judged)]
+    data = {}
+    for cat in cats:
+        cells, n = [], None
+        for run in judged:
+            rates = run.metrics["outcomes"]["per_category"].get(cat)
+            if not rates:
+                cells.append("—")
+                continue
+            n = rates["refusal"]["n"]
+            cells.append(f"{100 * rates['refusal']['value']:.0f} / "
+                         f"{100 * rates['nonanswer']['value']:.0f}")
+            data.setdefault(cat, {})[run.label] = {o: rates[o]["value"] for o in OUTCOMES}
+        lines.append(f"| {cat} | {kind.get(cat, '?')} | {n} | " + " | ".join(cells) + " |")
+    return ReportSection("Refusals per category", lines, key="per_category", data=data)
+
+
+EXAMPLE_CHARS = 160  # characters of each example answer shown
+
+
+def _examples_section(runs: list[_Run], per_group: int = 3) -> ReportSection | None:
+    """The answers of every run to a few prompts (``per_group`` harmful and benign ones, spread
+    over the prompt set), with the outcome judge's label when there is one."""
+    base = _rows(runs[0])
+    picks = []
+    for flag in (True, False):
+        idx = [i for i, row in enumerate(base) if row.get("harmful") is flag]
+        n = min(per_group, len(idx))
+        picks += [idx[k * len(idx) // n] for k in range(n)]
+    if not picks:
+        return None
+    lines, data = [f"Answers of each model to the same prompts (the first {EXAMPLE_CHARS} "
+                   "characters; greedy decoding unless the evaluation sampled), with the "
+                   "three-outcome judge's label.", ""], []
+    for i in picks:
+        prompt = base[i]["prompt"]
+        kind = "harmful" if base[i].get("harmful") else "benign"
+        lines += [f"**{kind}:** {_one_line(prompt)}", ""]
+        entry = {"prompt": prompt, "harmful": base[i].get("harmful"), "answers": {}}
+        for run in runs:
+            row = next((r for r in _rows(run) if r["prompt"] == prompt), None)
+            if row is None:
+                continue
+            name = run.metrics.get("outcome_scorer")
+            code = (row.get("scores") or {}).get(name) if name else None
+            label = OUTCOMES[int(code)] if code is not None else None
+            lines.append(f"- {run.label}" + (f" ({label})" if label else "")
+                         + f": {_one_line(row['response'], EXAMPLE_CHARS)}")
+            entry["answers"][run.label] = {"response": row["response"], "outcome": label}
+        lines.append("")
+        data.append(entry)
+    return ReportSection("Example answers", lines[:-1], key="examples", data=data)
+
+
+def _rows(run: _Run) -> list[dict]:
+    """The run's answers; none when its generations.jsonl is gone (tables from metrics only)."""
+    try:
+        return run.rows
+    except FileNotFoundError:
+        return []
+
+
+def _one_line(text: str, limit: int | None = None) -> str:
+    """Text on one markdown line (its first ``limit`` characters), quoted, with nothing that
+    markdown or HTML would interpret."""
+    text = " ".join(str(text).split())
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + " …"
+    for ch in "\\`*_[]<>#|":
+        text = text.replace(ch, "\\" + ch)
+    return f"“{text}”" if text else "(empty)"
+
+
 def write_report(eval_dirs: Sequence[str | Path], out_dir: str | Path, *,
                  reference: str | Path | None = None, helpful: str | Path | None = None,
                  labels: Sequence[str] | None = None, title: str | None = None,
@@ -510,5 +619,23 @@ def runs_report(eval_dirs: Sequence[str | Path], *, reference: str | Path | None
             "reward_scorer": reward_scorer,
             "harmless_ratio_on": "harmful prompts" if on_harmful else "all prompts",
             "rows": table, "warnings": warnings, "notes": notes}
-    return Report(title, [ReportSection("How to read", lines)],
-                  Frontier(table, title, x_label, y_label), data)
+    frontier = Frontier(table, title, x_label, y_label)
+    refusal_rows = None if reward_scorer else _outcome_frontier(table)
+    if refusal_rows:  # no reward model: the refusal frontier of the three-outcome judge
+        frontier = Frontier(refusal_rows, title,
+                            "Benign prompts answered (% compliance, `outcome` judge)",
+                            "Harmful prompts explicitly refused (%, outcome judge)")
+        lines[0] = ("Each point in the plot is one model, judged by the three-outcome judge "
+                    "(no reward model was given). **Up is safer:** the share of HARMFUL prompts "
+                    "the model explicitly refuses (non-answers do not count). **Right is more "
+                    "helpful:** the share of BENIGN prompts it answers (neither refused nor a "
+                    "non-answer). The best methods sit top-right; a model that refuses "
+                    "everything sits top-left, one that refuses nothing bottom-right. Error "
+                    "bars and brackets are 95% percentile-bootstrap confidence intervals over "
+                    f"prompts (prompts resampled {n_boot} times). The first table's harmless "
+                    "ratio is the string-match cost scorer's (any refusal phrase counts as "
+                    "safe); the outcome table below it is the one the plot shows.")
+        data["plot_axes"] = "outcome judge: benign compliance (x), harmful refusal (y)"
+    sections = [ReportSection("How to read", lines)]
+    sections += [sec for sec in (_category_section(runs), _examples_section(runs)) if sec]
+    return Report(title, sections, frontier, data)
