@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from safedpo import __version__
+from safedpo.evaluate.cli import HelpFormatter
 
 # name -> (module, one-line help). The module owns its arguments and its run().
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -62,7 +63,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     chosen = next((a for a in argv if a in COMMANDS), None)
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=HelpFormatter)
         if name == chosen:
             _load(name).add_arguments(name, p)
             _accept_both_spellings(p)

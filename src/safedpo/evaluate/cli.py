@@ -34,7 +34,14 @@ REPORT_EPILOG = """example:
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Show defaults and keep the epilog's line breaks."""
+    """Show defaults (not None, nor where the help already names its default) and keep the
+    epilog's line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
