@@ -633,8 +633,9 @@ def runs_report(eval_dirs: Sequence[str | Path], *, reference: str | Path | None
                     "everything sits top-left, one that refuses nothing bottom-right. Error "
                     "bars and brackets are 95% percentile-bootstrap confidence intervals over "
                     f"prompts (prompts resampled {n_boot} times). The first table's harmless "
-                    "ratio is the string-match cost scorer's (any refusal phrase counts as "
-                    "safe); the outcome table below it is the one the plot shows.")
+                    "ratio is the cost scorer's "
+                    f"(`{runs[0].metrics.get('cost_scorer')}`); the outcome table below it is "
+                    "the one the plot shows.")
         data["plot_axes"] = "outcome judge: benign compliance (x), harmful refusal (y)"
     sections = [ReportSection("How to read", lines)]
     sections += [sec for sec in (_category_section(runs), _examples_section(runs)) if sec]
