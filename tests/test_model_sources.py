@@ -122,3 +122,20 @@ def test_smollm2_source_resolves_to_the_installed_weight_file():
     assert os.path.getsize(path) > 50_000_000  # ~98 MB of weights, not an LFS pointer
     with open(path, "rb") as f:
         assert f.read(4) == b"GGUF"
+
+
+def test_reward_and_cost_models_load_from_a_pkg_source(fake_package):
+    import torch
+
+    from safedpo.config import TrainConfig
+    from safedpo.reward_models import load_score_model
+    from safedpo.tiny import save_tiny_model
+
+    save_tiny_model(fake_package / "hf" / "lm", ["how do I bake bread ?", "knead it ."],
+                    hidden_size=16, num_layers=1, num_heads=2)
+    source = "pkg://fake_weights_pkg/hf/lm"
+    by_pkg, tok, _ = load_score_model(TrainConfig(model_name_or_path=source))
+    by_dir, _, _ = load_score_model(TrainConfig(model_name_or_path=str(fake_package / "hf/lm")))
+    assert by_pkg.config.num_labels == 1 and tok.pad_token_id is not None
+    backbone = {k: v for k, v in by_pkg.state_dict().items() if not k.startswith("score")}
+    assert backbone and all(torch.equal(v, by_dir.state_dict()[k]) for k, v in backbone.items())

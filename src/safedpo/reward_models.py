@@ -25,6 +25,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from safedpo.config import ConfigError, TrainConfig, validate
 from safedpo.data import load_pairs
 from safedpo.evaluate.scorers import conversation_ids
+from safedpo.model_sources import resolve_model_source
 from safedpo.modeling import resolve_dtype, run_model_dir
 from safedpo.objectives import Objective
 from safedpo.runtime import disable_dropout, require
@@ -56,16 +57,21 @@ def cost_model_loss(safer: torch.Tensor, unsafer: torch.Tensor, safer_unsafe: to
 
 def load_score_model(config: TrainConfig):
     """-> (sequence classifier with one output, tokenizer, False) from ``model_name_or_path``
-    (a causal LM dir or a run dir: the backbone is kept, a new score head is added)."""
+    (a causal LM dir, a run dir, a hub id, a .gguf file or a pkg:// source: the backbone is
+    kept, a new score head is added)."""
     if config.use_peft:
         raise ConfigError("use_peft is not supported for reward/cost models; train them in full")
-    path = Path(config.model_name_or_path).expanduser()
-    name = str(run_model_dir(path)) if path.is_dir() else config.model_name_or_path
+    # pkg:// sources and .gguf files as for the policy (safedpo.model_sources)
+    name, gguf = resolve_model_source(config.model_name_or_path, config.gguf_file)
+    path = Path(name).expanduser()
+    name = str(run_model_dir(path)) if path.is_dir() and gguf is None else name
+    extra = {"gguf_file": gguf} if gguf else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=config.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            name, trust_remote_code=config.trust_remote_code, **extra)
         model = AutoModelForSequenceClassification.from_pretrained(
             name, num_labels=1, dtype=resolve_dtype(config.dtype),
-            trust_remote_code=config.trust_remote_code)
+            trust_remote_code=config.trust_remote_code, **extra)
     except OSError as e:
         raise OSError(f"could not load model '{name}' (local files or hub, offline?): {e}") from e
     if tokenizer.pad_token_id is None:
