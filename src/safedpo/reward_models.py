@@ -23,14 +23,13 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from safedpo.config import ConfigError, TrainConfig, validate
-from safedpo.data import load_pairs
 from safedpo.evaluate.scorers import conversation_ids
 from safedpo.model_sources import resolve_model_source
 from safedpo.modeling import resolve_dtype, run_model_dir
 from safedpo.objectives import Objective
-from safedpo.runtime import disable_dropout, require
+from safedpo.runtime import disable_dropout
 from safedpo.tokenization import pad_sequences
-from safedpo.train import run_objective
+from safedpo.train import config_pairs, run_objective
 
 VIEWS = {"reward": "helpful", "cost": "harmless"}  # chosen = more helpful / safer response
 
@@ -146,13 +145,7 @@ def train_score_model(config: TrainConfig, kind: str, pairs=None, *, callbacks=(
     ``pairs``: SafetyPairs of the right view, or None to load ``config.dataset``."""
     config = dataclasses.replace(config, view=VIEWS[kind])
     validate(config)  # a config built in code is checked as a resolved one is
-    stats = None
-    if pairs is None:
-        require(config.dataset, "dataset")
-        pairs, stats = load_pairs(
-            config.dataset, view=config.view, split=config.dataset_split,
-            config_name=config.dataset_config, column_map=config.column_map,
-            skip_invalid=config.skip_invalid)
+    pairs, stats = config_pairs(config) if pairs is None else (pairs, None)
     return run_objective(config, ScoreModelObjective(config, kind), list(pairs), stats, callbacks)
 
 

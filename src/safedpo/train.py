@@ -61,15 +61,20 @@ def train(config: TrainConfig, pairs=None, *, callbacks: list[Callback] = ()) ->
     if config.loss_type == SAFERLHF:
         raise ConfigError("loss_type saferlhf is PPO-Lagrangian: run it with safedpo saferlhf "
                           "(safedpo.saferlhf.train), not safedpo train")
-    stats = None
-    if pairs is None:
-        require(config.dataset, "dataset")
-        pairs, stats = load_pairs(
-            config.dataset, view=config.view, split=config.dataset_split,
-            config_name=config.dataset_config, column_map=config.column_map,
-            skip_invalid=config.skip_invalid, keep_both_unsafe=config.keep_both_unsafe)
-        require_pairs(pairs, stats)
+    pairs, stats = config_pairs(config) if pairs is None else (pairs, None)
     return run_objective(config, PreferenceObjective(config), list(pairs), stats, callbacks)
+
+
+def config_pairs(config: TrainConfig) -> tuple[list, dict]:
+    """The pairs of ``config.dataset`` in ``config.view``, with the load stats; a DataError that
+    says why when the view keeps none."""
+    require(config.dataset, "dataset")
+    pairs, stats = load_pairs(
+        config.dataset, view=config.view, split=config.dataset_split,
+        config_name=config.dataset_config, column_map=config.column_map,
+        skip_invalid=config.skip_invalid, keep_both_unsafe=config.keep_both_unsafe)
+    require_pairs(pairs, stats)
+    return pairs, stats
 
 
 def sft(config: TrainConfig, examples=None, *, callbacks: list[Callback] = ()) -> dict:
