@@ -94,3 +94,62 @@ def test_written_rows_have_the_v1_columns_and_load_as_safedpo_pairs(tmp_path):
 ])
 def test_first_sentence(text, expected):
     assert first_sentence(text) == expected
+
+
+def test_pairs_cli_passes_every_option_and_prints_the_counts(tmp_path, monkeypatch, capsys):
+    from safedpo import pairs as pairs_module
+    from safedpo.cli import main
+
+    seen = {}
+
+    def fake_make_pairs(model, sources, out_dir, **kwargs):
+        seen.update(model=model, sources=sources, out_dir=out_dir, **kwargs)
+        by = {o: 1 for o in ("refusal", "nonanswer", "compliance")}
+        return {"n_pairs": 3, "n_prompts": 4, "n_dropped": 1, "held_out_prompts_removed": 2,
+                "outcomes": {"plain": {"harmful": by}},
+                "pairs": {"harmful": {"kept": 3, "equal helpfulness": 1}}}
+
+    monkeypatch.setattr(pairs_module, "check_model", lambda name: None)
+    monkeypatch.setattr(pairs_module, "make_pairs", fake_make_pairs)
+    code = main(["pairs", "--model", "m", "--prompts", "advbench:2", "--prompts", "benign-howto",
+                 "--holdout", "harmbench", "--output-dir", str(tmp_path), "--refusal-prefix",
+                 "I'm sorry, but", "--safety-tries", "2", "--max-new-tokens", "9",
+                 "--max-prompts", "5", "--temperature", "0.7", "--top-p", "0.9", "--seed", "3",
+                 "--batch-size", "4", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert seen == {"model": "m", "sources": ["advbench:2", "benign-howto"],
+                    "out_dir": str(tmp_path), "max_prompts": 5, "holdout": "harmbench",
+                    "system_prompt": None, "scorers": None, "max_new_tokens": 9,
+                    "temperature": 0.7, "top_p": 0.9, "seed": 3, "batch_size": 4,
+                    "safety_tries": 2, "refusal_prefix": "I'm sorry, but",
+                    "prompt_template": None, "dtype": None, "overwrite": False,
+                    "progress": False}
+    assert out.splitlines()[0] == ("3 pairs from 4 prompts (1 dropped; 2 held-out prompts "
+                                   "removed)")
+    assert "  pairs on harmful  prompts: kept 3, equal helpfulness 1" in out
+
+
+def test_pairs_cli_errors_are_one_line(tmp_path, capsys):
+    from safedpo.cli import main
+
+    code = main(["pairs", "--model", str(tmp_path / "nope"), "--prompts", "advbench",
+                 "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("safedpo pairs: error:") and "nope" in err
+
+
+def test_pairs_argument_errors_come_before_any_model_loads(tmp_path):
+    from safedpo.pairs import make_pairs
+
+    unmarked = tmp_path / "prompts.jsonl"
+    unmarked.write_text(json.dumps({"prompt": "how do I bake bread?"}) + "\n")
+    with pytest.raises(ValueError, match=r"pairs takes only cost:PATH and reward:PATH scorers, "
+                                         r"got \['refusal'\]"):
+        make_pairs("no-model", ["advbench"], tmp_path, scorers=["refusal"])
+    with pytest.raises(ValueError, match="safety_tries must be >= 1, got 0"):
+        make_pairs("no-model", ["advbench"], tmp_path, safety_tries=0)
+    with pytest.raises(ValueError, match="pairs needs prompts marked harmful or benign .*"
+                                         "not marked: 'how do I bake bread\\?'"):
+        make_pairs("no-model", [str(unmarked)], tmp_path)
