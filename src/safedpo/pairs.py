@@ -215,17 +215,19 @@ def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: i
                                 **{**gen, "do_sample": False})
         safe, tries = [first_sentence(r["response"]) for r in rows], [1] * len(records)
     else:
+        refused = [False] * len(records)  # each answer is judged once, when it comes
         for t in range(1, safety_tries + 1):
-            todo = [i for i in range(len(records)) if safe[i] is None or (
-                records[i]["harmful"] and classify(prompts[i], safe[i]) != "refusal")]
+            todo = [i for i in range(len(records))
+                    if safe[i] is None or (records[i]["harmful"] and not refused[i])]
             if not todo:
                 break
             rows = generate_to_file(policy, tok, [records[i] for i in todo],
                                     out / f"safety-{t}.jsonl", seed=seed + t,
                                     system_prompt=system_prompt, **{**gen, "do_sample": t > 1})
             for i, row in zip(todo, rows, strict=True):
-                if safe[i] is None or classify(prompts[i], row["response"]) == "refusal":
-                    safe[i], tries[i] = row["response"], t
+                is_refusal = classify(prompts[i], row["response"]) == "refusal"
+                if safe[i] is None or is_refusal:
+                    safe[i], tries[i], refused[i] = row["response"], t, is_refusal
     answers = [[r["response"] for r in plain], safe]
     del policy
     scores = {}
@@ -272,8 +274,8 @@ def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: i
                "refusal_prefix": refusal_prefix,
                "safety_tries": {"tries": 1 if refusal_prefix else safety_tries,
                                 "refusal_on_try": dict(sorted(Counter(
-                   t for t, rec, a in zip(tries, records, safe)
-                   if rec["harmful"] and classify(rec["prompt"], a) == "refusal").items()))},
+                   t for t, rec, o in zip(tries, records, outcomes[1])
+                   if rec["harmful"] and o == "refusal").items()))},
                "system_prompt": system_prompt}
     (out / "pairs_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
