@@ -154,17 +154,24 @@ class PreferenceObjective(Objective):
         return loss, stats
 
 
-def policy_reference(run: RunContext, disable_adapter: bool):
-    model = run.model
-
+def _no_grad_logps(model, keep_logits: bool, context):
+    """batch -> (log-prob sums, token counts) of ``model`` without gradients, inside
+    ``context()`` (a fresh context manager per call)."""
     def forward(batch):
-        ctx = run.accelerator.unwrap_model(model).disable_adapter() if disable_adapter \
-            else nullcontext()
-        with torch.no_grad(), ctx:
+        with torch.no_grad(), context():
             return sequence_logps_and_counts(
                 model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
-                batch["logits_start"], keep_logits=run.keep_logits)
+                batch["logits_start"], keep_logits=keep_logits)
     return forward
+
+
+def policy_reference(run: RunContext, disable_adapter: bool):
+    """The reference as the policy itself: with its LoRA adapter disabled, or (no adapter)
+    the policy before training, when the reference log-probs are precomputed."""
+    model = run.model
+    unwrapped = run.accelerator.unwrap_model(model)
+    return _no_grad_logps(model, run.keep_logits,
+                          unwrapped.disable_adapter if disable_adapter else nullcontext)
 
 
 def frozen_reference(run: RunContext, name: str):
@@ -177,14 +184,7 @@ def frozen_reference(run: RunContext, name: str):
         raise ConfigError(f"reference model {name} has a different vocabulary than the policy "
                           f"{c.model_name_or_path}; they must share a tokenizer")
     model.requires_grad_(False).eval().to(run.accelerator.device)
-    keep = accepts_logits_to_keep(model)
-
-    def forward(batch):
-        with torch.no_grad(), run.accelerator.autocast():
-            return sequence_logps_and_counts(
-                model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
-                batch["logits_start"], keep_logits=keep)
-    return forward
+    return _no_grad_logps(model, accepts_logits_to_keep(model), run.accelerator.autocast)
 
 
 def _reshard(model):
