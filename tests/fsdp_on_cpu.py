@@ -1,6 +1,6 @@
 """Imported by processes that test FSDP on CPU (see test_train_sharded.py).
 
-accelerate 1.15 turns a run into FSDP only when its process group is on a GPU-like device:
+accelerate (1.15 and 1.16, tried) turns a run into FSDP only when its process group is on a GPU-like device:
 ``AcceleratorState.__init__`` sets ``distributed_type = FSDP`` and ``fsdp_plugin`` inside its
 ``elif self.distributed_type in [MULTI_GPU, MULTI_XPU, ...]`` branch, which MULTI_CPU never
 enters (so safedpo refuses such a run, see safedpo.distributed.check). This helper makes

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import accelerate
 import torch
 from accelerate.utils import InitProcessGroupKwargs, parse_flag_from_env
 from torch.distributed.tensor import DTensor
@@ -42,7 +41,7 @@ def requested() -> Request:
 def accelerator_kwargs(request: Request) -> dict:
     """Extra ``Accelerator`` arguments for a multi-process run on a machine without GPUs.
 
-    accelerate 1.15 picks a process-group backend only for accelerator devices
+    accelerate picks a process-group backend only for accelerator devices
     (``PartialState._prepare_backend``). DDP and FSDP get ``cpu=True`` (MULTI_CPU over gloo;
     FSDP then fails ``check``, see there). DeepSpeed must not get ``cpu=True`` (accelerate
     would drop its plugin and run MULTI_CPU); it gets the gloo backend by name instead,
@@ -61,10 +60,9 @@ def check(accelerator, request: Request) -> None:
     if request.kind in ("DEEPSPEED", "FSDP") and got != request.kind:
         why = {("DEEPSPEED", True): "use_cpu: true (ACCELERATE_USE_CPU) drops the DeepSpeed "
                                     "plugin; set use_cpu: false (configs/accelerate/cpu/)",
-               ("FSDP", False): f"accelerate {accelerate.__version__} enables FSDP only on "
-                                "GPU-like devices (AcceleratorState.__init__), not on CPU; "
-                                "use DeepSpeed ZeRO-3 (configs/accelerate/cpu/zero3.yaml) or "
-                                "GPUs"}.get((request.kind, parse_flag_from_env("ACCELERATE_USE_CPU")),
+               ("FSDP", False): "the installed accelerate turns a run into FSDP only on "
+                                "GPU-like devices, not on CPU; use DeepSpeed ZeRO-3 "
+                                "(configs/accelerate/cpu/zero3.yaml) or GPUs"}.get((request.kind, parse_flag_from_env("ACCELERATE_USE_CPU")),
                                             "check the accelerate config")
         raise ConfigError(f"the launcher asked for {asked} but accelerate resolved {got}: {why}")
     if accelerator.num_processes != request.num_processes:
