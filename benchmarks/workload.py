@@ -106,7 +106,7 @@ def _words(n: int) -> list[str]:
 def _make_tokenizer(vocab_size: int):
     """Word-level tokenizer with exactly ``vocab_size`` tokens (4 specials + template words +
     synthetic words ``w0``, ``w1``, ...). Returns (tokenizer, synthetic words)."""
-    from safedpo.tiny import make_word_tokenizer
+    from safedpo.models.tiny import make_word_tokenizer
 
     words = _words(vocab_size - len(make_word_tokenizer([])))
     tokenizer = make_word_tokenizer([" ".join(words)])
@@ -144,8 +144,8 @@ def _smollm2():
     words)."""
     from transformers import AutoModelForCausalLM
 
-    from safedpo.model_sources import SMOLLM2_GGUF
-    from safedpo.modeling import load_model_and_tokenizer
+    from safedpo.models.loading import load_model_and_tokenizer
+    from safedpo.models.sources import SMOLLM2_GGUF
 
     gguf, tokenizer = load_model_and_tokenizer(SMOLLM2_GGUF)
     # The GGUF-loaded model counts as quantized and save_pretrained refuses it: copy its
@@ -168,7 +168,7 @@ def build(workload: Workload, out_dir: str | Path) -> dict:
     "vocab_size"}."""
     from transformers.utils import logging
 
-    from safedpo.tiny import make_tiny_llama
+    from safedpo.models.tiny import make_tiny_llama
 
     logging.disable_progress_bar()
     out_dir = Path(out_dir)

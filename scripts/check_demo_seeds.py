@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from safedpo.demo import LABELS, POLICIES, run_demo
+from safedpo.pipelines.demo import LABELS, POLICIES, run_demo
 
 CHECKS = (
     ("SafeDPO harmless ratio >= 0.90",

@@ -29,8 +29,8 @@ import torch
 from safetensors.torch import load_file
 
 import safedpo
-from safedpo.checkpoint import STATE_FILE, list_checkpoints
-from safedpo.tiny import save_tiny_model
+from safedpo.models.tiny import save_tiny_model
+from safedpo.train.checkpoint import STATE_FILE, list_checkpoints
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
        "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",

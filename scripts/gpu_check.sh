@@ -30,7 +30,7 @@ mkdir -p "$OUT"
 # The tiny model, over the fixture's words; the shipped accelerate configs resized to NPROC.
 "$PY" - "$OUT/tiny" "$DATA" <<'EOF' || exit 1
 import json, sys
-from safedpo.tiny import save_tiny_model
+from safedpo.models.tiny import save_tiny_model
 rows = [json.loads(line) for line in open(sys.argv[2])]
 texts = [r[k] for r in rows for k in ("prompt", "response_0", "response_1")]
 save_tiny_model(sys.argv[1], texts, hidden_size=64, num_layers=2, num_heads=4)

@@ -11,11 +11,11 @@ column (refusal / nonanswer / compliance) is filled in by a person reading each 
 import json
 import sys
 
-from safedpo.data.benchmarks import load_benchmark
+from safedpo.data.prompt_sets import load_benchmark
+from safedpo.data.prompts import SAFETY_SYSTEM_PROMPT
 from safedpo.evaluate.generate import generate_responses
-from safedpo.model_sources import SMOLLM2_GGUF
-from safedpo.modeling import load_model_and_tokenizer
-from safedpo.prompts import SAFETY_SYSTEM_PROMPT
+from safedpo.models.loading import load_model_and_tokenizer
+from safedpo.models.sources import SMOLLM2_GGUF
 
 SOURCES = {"advbench": 6, "harmbench": 6, "donotanswer": 6, "overrefusal": 8, "benign-howto": 4}
 

@@ -6,7 +6,7 @@ method" table.
 Reads a finished demo (``safedpo demo --output-dir runs/demo``: the data, the SFT reference and
 the DPO-HELPFUL / DPO-HARMLESS / SafeDPO runs), trains Safe RLHF from the same reference on the
 same pairs (its reward and cost models first, ``configs/saferlhf-tiny.yaml``), then evaluates
-every policy EXACTLY on the held-out prompts (``safedpo.demo.evaluate_exact``). A second Safe
+every policy EXACTLY on the held-out prompts (``safedpo.pipelines.demo.evaluate_exact``). A second Safe
 RLHF run with the world's oracle as reward and cost model separates the RL from the errors of
 the learned score models.
 
@@ -34,8 +34,8 @@ from pathlib import Path
 import yaml
 
 from safedpo.config import load_config
-from safedpo.demo import evaluate_exact
-from safedpo.saferlhf import train
+from safedpo.pipelines.demo import evaluate_exact
+from safedpo.train.ppo_lagrangian import train
 from safedpo.world import World
 
 DPO_RUNS = {"dpo_helpful": "DPO-HELPFUL", "dpo_harmless": "DPO-HARMLESS", "safedpo": "SafeDPO"}

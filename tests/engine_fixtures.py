@@ -25,7 +25,7 @@ def make_pairs() -> list[SafetyPair]:
 
 
 def tiny_model(tmp_path: Path, name: str = "tiny") -> str:
-    from safedpo.tiny import save_tiny_model
+    from safedpo.models.tiny import save_tiny_model
 
     path = tmp_path / name
     if not path.exists():
@@ -50,8 +50,8 @@ def pair_logps(model, tok, pairs):
     """(2N,) summed response log-probs, chosen rows then rejected rows (no grad, eval mode)."""
     import torch
 
+    from safedpo.data.tokenization import collate_pairs, tokenize_pairs
     from safedpo.logprobs import sequence_logps
-    from safedpo.tokenization import collate_pairs, tokenize_pairs
 
     b = collate_pairs(tokenize_pairs(tok, pairs, max_length=64), tok.pad_token_id)
     with torch.no_grad():

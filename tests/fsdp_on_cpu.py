@@ -3,7 +3,7 @@
 accelerate (1.15 and 1.16, tried) turns a run into FSDP only when its process group is on a GPU-like device:
 ``AcceleratorState.__init__`` sets ``distributed_type = FSDP`` and ``fsdp_plugin`` inside its
 ``elif self.distributed_type in [MULTI_GPU, MULTI_XPU, ...]`` branch, which MULTI_CPU never
-enters (so safedpo refuses such a run, see safedpo.distributed.check). This helper makes
+enters (so safedpo refuses such a run, see safedpo.train.distributed.check). This helper makes
 those two assignments on CPU too; everything after them is accelerate's own FSDP code
 (``prepare`` -> ``fsdp2_prepare_model`` -> torch ``fully_shard``, state-dict gathering,
 ``save_state``/``load_state``), as it runs on GPUs.

@@ -8,7 +8,7 @@ import fsdp_on_cpu  # noqa: F401  (FSDP on CPU; a no-op for DeepSpeed)
 from engine_fixtures import make_pairs
 
 from safedpo.config import load_config
-from safedpo.train import train
+from safedpo.train.loop import train
 
 for values in json.loads(sys.argv[1]):
     train(load_config(None, [], **values), make_pairs() * 2)

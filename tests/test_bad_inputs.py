@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from engine_fixtures import tiny_model
+
 from safedpo.cli import main
 
 ROW = {"prompt": "how do I pick a lock", "response_0": "use a tension wrench",
@@ -88,12 +88,12 @@ def test_bad_input_is_one_line_exit_2_and_keeps_the_previous_run(setup, tmp_path
 def test_a_model_that_fails_to_load_leaves_the_previous_run(setup, tmp_path, capsys,
                                                             monkeypatch):
     """The previous run's files go only once the new model and data have loaded."""
-    import safedpo.objectives
+    import safedpo.train.objectives
 
     def broken(config):
         raise OSError(f"could not load model '{config.model_name_or_path}'")
 
-    monkeypatch.setattr(safedpo.objectives, "load_policy", broken)
+    monkeypatch.setattr(safedpo.train.objectives, "load_policy", broken)
     tmp, model = setup
     out = tmp_path / "run"
     files = previous_run(out)

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from safedpo.cli import main
-from safedpo.compare import load_plan, run_plan
 from safedpo.config import ConfigError
 from safedpo.losses import LOSSES
+from safedpo.pipelines.compare import load_plan, run_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -23,7 +23,7 @@ N_PAIRS = 8  # rows in the tiny training file; every view but safedpo keeps all 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny synthetic-world dataset and a tiny (hidden 32) model covering its words."""
-    from safedpo.tiny import save_tiny_model
+    from safedpo.models.tiny import save_tiny_model
     from safedpo.world import World
 
     root = tmp_path_factory.mktemp("world")
@@ -127,9 +127,9 @@ def test_bad_configs_are_clear_errors(tmp_path):
 def _mean_chosen_logps(model_path, view, world, max_length=64, max_prompt_length=32):
     """Mean summed log-prob of the chosen responses of ``view``'s pairs under a saved model."""
     from safedpo.data import load_pairs
+    from safedpo.data.tokenization import collate_pairs, tokenize_pairs
     from safedpo.logprobs import sequence_logps
-    from safedpo.modeling import load_trained
-    from safedpo.tokenization import collate_pairs, tokenize_pairs
+    from safedpo.models.loading import load_trained
 
     model, tok, template = load_trained(model_path)
     pairs, _ = load_pairs(world["train"], view=view)
@@ -171,8 +171,8 @@ def test_sacpo_stage2_starts_from_stage1_with_stage1_as_reference(world, tmp_pat
 # --- compare and sweep end to end --------------------------------------------------------------
 
 def _count_calls(monkeypatch):
-    from safedpo import train as engine
     from safedpo.evaluate import runner
+    from safedpo.train import loop as engine
 
     calls = {"train": 0, "evaluate": 0}
     real_train, real_eval = engine.train, runner.evaluate
@@ -257,7 +257,7 @@ def test_sweep_over_delta(world, tmp_path):
 
 def test_compare_reevaluates_when_the_prompts_file_or_a_scorer_model_changes(world, tmp_path,
                                                                              monkeypatch):
-    from safedpo.compare import eval_inputs
+    from safedpo.pipelines.compare import eval_inputs
 
     lines = Path(world["prompts"]).read_text().splitlines(keepends=True)
     prompts = tmp_path / "prompts.jsonl"
@@ -300,8 +300,9 @@ def test_an_interrupted_stage_resumes_from_its_checkpoint(world, tmp_path, monke
     import os
     import signal
 
-    from safedpo import train as engine
     from safetensors.torch import load_file
+
+    from safedpo.train import loop as engine
 
     def plan(out):
         args = tiny_args(world, out, "--per_device_train_batch_size", "4", "--max_steps", "3")

@@ -7,11 +7,11 @@ import importlib.util
 
 import pytest
 
-from safedpo import model_sources
 from safedpo.data import benchmarks
-from safedpo.data.benchmarks import BENCHMARKS, is_benchmark, load_benchmark
+from safedpo.data.prompt_sets import BENCHMARKS, is_benchmark, load_benchmark
 from safedpo.evaluate.generate import load_prompt_records
-from safedpo.model_sources import MissingPackageError
+from safedpo.models import sources as model_sources
+from safedpo.models.sources import MissingPackageError
 
 missing = [b.dist for b in BENCHMARKS.values() if importlib.util.find_spec(b.package) is None]
 if missing:

@@ -8,9 +8,9 @@ import signal
 import pytest
 from engine_fixtures import make_pairs, tiny_config, tiny_model
 
-from safedpo.checkpoint import find_checkpoint, list_checkpoints
 from safedpo.losses import LOSSES
-from safedpo.train import train
+from safedpo.train.checkpoint import find_checkpoint, list_checkpoints
+from safedpo.train.loop import train
 
 
 @pytest.fixture

@@ -4,8 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from safedpo.config import (FIELDS, SAFERLHF_FIELDS, ConfigError, TrainConfig, load_config,
-                            parse_overrides)
+from safedpo.config import (
+    FIELDS,
+    SAFERLHF_FIELDS,
+    ConfigError,
+    TrainConfig,
+    load_config,
+    parse_overrides,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -106,7 +112,7 @@ def test_baseline_configs_views():
 
 def test_cli_options_cover_every_field_and_parse(capsys):
     from safedpo.cli import build_parser
-    from safedpo.cli_train import config_from_args
+    from safedpo.cli.train import config_from_args
 
     argv = ["train", "--beta", "0.05", "--use_peft", "--lora_target_modules", "q", "v",
             "--max_length", "none"]

@@ -7,7 +7,7 @@ import os
 import signal
 
 from safedpo.cli import main
-from safedpo.demo import LABELS, reading
+from safedpo.pipelines.demo import LABELS, reading
 
 KEYS = ("harmless_ratio", "helpfulness", "over_refusal", "garbled", "tv_to_optimum",
         "train_seconds")
@@ -65,7 +65,7 @@ def test_demo_fast_end_to_end(tmp_path, capsys):
 def test_demo_stops_at_an_interrupted_stage_with_the_hint(tmp_path, capsys, monkeypatch):
     """SIGTERM during the first preference run: the demo stops there (exit 130, one line
     naming the stage, its step and checkpoint), trains and evaluates nothing after it."""
-    from safedpo import train as engine
+    from safedpo.train import loop as engine
 
     real_train = engine.train
 

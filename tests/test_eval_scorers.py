@@ -9,14 +9,23 @@ import torch
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForSequenceClassification, LlamaModel
 
-from safedpo.evaluate.scorers import (OracleCostScorer, OracleGarbledScorer, OracleRewardScorer,
-                                      RefusalCostScorer, RefusalScorer, SafeRLHFScoreModelScorer,
-                                      SequenceClassifierScorer, build_scorers,
-                                      check_scorer_specs, is_refusal_gcg, is_refusal_xstest,
-                                      load_model_scorer)
-from safedpo.prompts import format_prompt
-from safedpo.tiny import make_word_tokenizer, save_tiny_model
-from safedpo.tokenization import encode_prompt
+from safedpo.data.prompts import format_prompt
+from safedpo.data.tokenization import encode_prompt
+from safedpo.evaluate.scorers import (
+    OracleCostScorer,
+    OracleGarbledScorer,
+    OracleRewardScorer,
+    RefusalCostScorer,
+    RefusalScorer,
+    SafeRLHFScoreModelScorer,
+    SequenceClassifierScorer,
+    build_scorers,
+    check_scorer_specs,
+    is_refusal_gcg,
+    is_refusal_xstest,
+    load_model_scorer,
+)
+from safedpo.models.tiny import make_word_tokenizer, save_tiny_model
 
 TEXTS = ["how do I bake bread ?", "how do I pick a lock ?",
          "I'm sorry , I can't help with that .", "Sure , here is how to bake bread ."]
@@ -55,7 +64,14 @@ def safe_rlhf_text(prompt, response, eos="</s>"):
 def metaspace_tokenizer(texts):
     """A small Llama-like tokenizer: BPE over '▁'-marked words, BOS added, EOS '</s>'. Unlike a
     word tokenizer, 'ASSISTANT:' + 'Sure' tokenized apart differs from 'ASSISTANT:Sure'."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<pad>", "<unk>", "<s>", "</s>"]

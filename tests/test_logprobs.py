@@ -75,7 +75,7 @@ def test_token_logps_equals_log_softmax():
 
 @pytest.fixture(scope="module")
 def llama():
-    from safedpo.tiny import make_tiny_llama, make_word_tokenizer
+    from safedpo.models.tiny import make_tiny_llama, make_word_tokenizer
 
     tok = make_word_tokenizer(["a b c d e f g h"])
     return make_tiny_llama(tok, hidden_size=32, num_layers=1, num_heads=2).eval()

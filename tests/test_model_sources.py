@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from safedpo import model_sources
-from safedpo.model_sources import (
+from safedpo.models import sources as model_sources
+from safedpo.models.sources import (
     SMOLLM2_GGUF,
     MissingPackageError,
     package_file,
@@ -128,8 +128,8 @@ def test_reward_and_cost_models_load_from_a_pkg_source(fake_package):
     import torch
 
     from safedpo.config import TrainConfig
-    from safedpo.reward_models import load_score_model
-    from safedpo.tiny import save_tiny_model
+    from safedpo.models.tiny import save_tiny_model
+    from safedpo.train.score_models import load_score_model
 
     save_tiny_model(fake_package / "hf" / "lm", ["how do I bake bread ?", "knead it ."],
                     hidden_size=16, num_layers=1, num_heads=2)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from engine_fixtures import make_pairs, pair_logps, tiny_config, tiny_model
 
-from safedpo.modeling import adapter_base, load_model_and_tokenizer, load_trained
-from safedpo.train import train
+from safedpo.models.loading import adapter_base, load_model_and_tokenizer, load_trained
+from safedpo.train.loop import train
 
 LORA = {"use_peft": True, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
         "learning_rate": 0.5}

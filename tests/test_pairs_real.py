@@ -7,17 +7,20 @@ import json
 
 import pytest
 import torch
+from test_world import PKU_V1_COLUMNS
 
 from safedpo.data import load_pairs
 from safedpo.evaluate.scorers import build_scorers
-from safedpo.model_sources import SMOLLM2_GGUF, MissingPackageError, resolve_model_source
-from safedpo.pairs import first_sentence, make_pairs
-
-from test_world import PKU_V1_COLUMNS
+from safedpo.models.sources import (
+    SMOLLM2_GGUF,
+    MissingPackageError,
+    resolve_model_source,
+)
+from safedpo.pipelines.pairs import first_sentence, make_pairs
 
 try:
     resolve_model_source(SMOLLM2_GGUF)
-    from safedpo.data.benchmarks import load_benchmark
+    from safedpo.data.prompt_sets import load_benchmark
 
     load_benchmark("advbench+benign-howto")
 except MissingPackageError as err:
@@ -30,7 +33,7 @@ SETTINGS = {"max_prompts": 2, "max_new_tokens": 12, "batch_size": 2, "seed": 0,
 
 @pytest.fixture(scope="module")
 def smollm():
-    from safedpo.modeling import load_model_and_tokenizer
+    from safedpo.models.loading import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(SMOLLM2_GGUF)
     return model.eval(), tok
@@ -110,7 +113,7 @@ def _tiny_classifier(path, seed):
     """A random one-output sequence classifier with its own word tokenizer."""
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from safedpo.tiny import make_word_tokenizer
+    from safedpo.models.tiny import make_word_tokenizer
 
     tok = make_word_tokenizer(["how do I write a script ?", "I'm sorry , I can't help ."])
     torch.manual_seed(seed)

@@ -4,12 +4,11 @@
 import json
 
 import pytest
+from test_world import PKU_V1_COLUMNS
 
 from safedpo.data import load_pairs
 from safedpo.evaluate.judge import classify
-from safedpo.pairs import first_sentence, judge_answer, label_pair, pku_row
-
-from test_world import PKU_V1_COLUMNS
+from safedpo.pipelines.pairs import first_sentence, judge_answer, label_pair, pku_row
 
 HARMFUL = "How do I pick the lock of my neighbour's front door?"
 BENIGN = "How do I bake chocolate chip cookies?"
@@ -97,8 +96,9 @@ def test_first_sentence(text, expected):
 
 
 def test_pairs_cli_passes_every_option_and_prints_the_counts(tmp_path, monkeypatch, capsys):
-    from safedpo import pairs as pairs_module
     from safedpo.cli import main
+    from safedpo.cli import pairs as pairs_cli
+    from safedpo.pipelines import pairs as pairs_module
 
     seen = {}
 
@@ -109,7 +109,7 @@ def test_pairs_cli_passes_every_option_and_prints_the_counts(tmp_path, monkeypat
                 "outcomes": {"plain": {"harmful": by}},
                 "pairs": {"harmful": {"kept": 3, "equal helpfulness": 1}}}
 
-    monkeypatch.setattr(pairs_module, "check_model", lambda name: None)
+    monkeypatch.setattr(pairs_cli, "check_model", lambda name: None)
     monkeypatch.setattr(pairs_module, "make_pairs", fake_make_pairs)
     code = main(["pairs", "--model", "m", "--prompts", "advbench:2", "--prompts", "benign-howto",
                  "--holdout", "harmbench", "--output-dir", str(tmp_path), "--refusal-prefix",
@@ -141,7 +141,7 @@ def test_pairs_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_pairs_argument_errors_come_before_any_model_loads(tmp_path):
-    from safedpo.pairs import make_pairs
+    from safedpo.pipelines.pairs import make_pairs
 
     unmarked = tmp_path / "prompts.jsonl"
     unmarked.write_text(json.dumps({"prompt": "how do I bake bread?"}) + "\n")

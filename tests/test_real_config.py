@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from safedpo.compare import EVAL_KEYS, load_plan
+from safedpo.pipelines.compare import EVAL_KEYS, load_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "compare-real.yaml"
@@ -42,7 +42,7 @@ def _make_real_arguments():
 @pytest.mark.skipif(bool(MISSING), reason=f"not installed: {MISSING} (make setup installs them)")
 def test_real_eval_prompts_are_held_out_from_the_training_prompts():
     from safedpo.evaluate.generate import load_prompt_records
-    from safedpo.pairs import _records
+    from safedpo.pipelines.pairs import _records
 
     evaluation = load_plan("compare", CONFIG).evaluation
     sources, holdout, recipe = _make_real_arguments()

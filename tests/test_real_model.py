@@ -13,7 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from safedpo.model_sources import SMOLLM2_GGUF, MissingPackageError, resolve_model_source
+from safedpo.models.sources import (
+    SMOLLM2_GGUF,
+    MissingPackageError,
+    resolve_model_source,
+)
 
 try:
     resolve_model_source(SMOLLM2_GGUF)
@@ -31,14 +35,14 @@ SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 @pytest.fixture(scope="module")
 def base():
     """(model, tokenizer) of the untrained model, loaded once for this file."""
-    from safedpo.modeling import load_model_and_tokenizer
+    from safedpo.models.loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(SMOLLM2_GGUF)
     return model.eval(), tokenizer
 
 
 def test_loads_as_float32_llama_with_its_chat_template(base):
-    from safedpo.prompts import format_prompt
+    from safedpo.data.prompts import format_prompt
 
     model, tok = base
     cfg = model.config
@@ -60,9 +64,9 @@ def test_response_logprobs_are_finite_and_padding_free(base):
     """sequence_logps on a right-padded pair batch (pad id == EOS id here) equals a direct
     log-softmax over each unpadded sequence, summed over the response tokens + EOS."""
     from safedpo.data import load_pairs
+    from safedpo.data.prompts import format_prompt
+    from safedpo.data.tokenization import collate_pairs, tokenize_pairs
     from safedpo.logprobs import sequence_logps
-    from safedpo.prompts import format_prompt
-    from safedpo.tokenization import collate_pairs, tokenize_pairs
 
     model, tok = base
     pair = load_pairs(str(PAIRS))[0][0]  # the wifi row, swapped: the refusal is chosen
@@ -91,9 +95,9 @@ def test_response_logprobs_are_finite_and_padding_free(base):
 
 def test_untrained_model_answers_the_wifi_prompt_instead_of_refusing(base, monkeypatch):
     """The unsafe behaviour training is meant to fix, as the refusal-based cost sees it."""
+    from safedpo.data.prompts import format_prompt
     from safedpo.evaluate.generate import generate_responses
     from safedpo.evaluate.scorers import RefusalCostScorer
-    from safedpo.prompts import format_prompt
 
     model, tok = base
     inputs, real_generate = [], model.generate
@@ -116,12 +120,16 @@ def test_safedpo_lora_steps_then_reload_and_generate(base, tmp_path, monkeypatch
     from peft import PeftModel
     from safetensors.torch import load_file
 
-    from safedpo import modeling
     from safedpo.config import load_config
     from safedpo.evaluate.generate import generate_responses
     from safedpo.evaluate.scorers import RefusalCostScorer, RefusalScorer
-    from safedpo.modeling import adapter_base, load_model_and_tokenizer, load_trained
-    from safedpo.train import train
+    from safedpo.models import loading as modeling
+    from safedpo.models.loading import (
+        adapter_base,
+        load_model_and_tokenizer,
+        load_trained,
+    )
+    from safedpo.train.loop import train
 
     run = tmp_path / "run"
     # The shipped config, shrunk to two steps on the six hand-written rows.

@@ -17,15 +17,15 @@ import torch
 import yaml
 from engine_fixtures import make_pairs, tiny_config, tiny_model
 
-from safedpo import checkpoint as ckpt
 from safedpo.cli import main
 from safedpo.config import ConfigError, load_config, resume_changes
 from safedpo.data.sources import read_table
 from safedpo.data.types import DataError
 from safedpo.losses import LOSSES
-from safedpo.model_sources import package_file
-from safedpo.modeling import load_model_and_tokenizer, load_trained
-from safedpo.train import train
+from safedpo.models.loading import load_model_and_tokenizer, load_trained
+from safedpo.models.sources import package_file
+from safedpo.train import checkpoint as ckpt
+from safedpo.train.loop import train
 
 
 def pku_rows():
@@ -135,7 +135,7 @@ def test_a_second_run_into_a_held_output_dir_stops_at_once(tmp_path, capsys):
 def test_a_killed_run_does_not_leave_its_lock_held(tmp_path):
     code = textwrap.dedent(f"""
         import time
-        from safedpo.checkpoint import lock_output_dir
+        from safedpo.train.checkpoint import lock_output_dir
         lock = lock_output_dir({str(tmp_path / 'run')!r})
         print("held", flush=True)
         time.sleep(120)

@@ -11,9 +11,21 @@ import pytest
 import torch
 
 from safedpo.config import ConfigError, load_config
-from safedpo.reward_models import cost_model_loss, reward_model_loss, train_score_model
-from safedpo.saferlhf import (answer_mask, combined_advantage, end_scores, gae, ppo_policy_loss,
-                              train, update_lambda, value_loss)
+from safedpo.train.ppo_lagrangian import (
+    answer_mask,
+    combined_advantage,
+    end_scores,
+    gae,
+    ppo_policy_loss,
+    train,
+    update_lambda,
+    value_loss,
+)
+from safedpo.train.score_models import (
+    cost_model_loss,
+    reward_model_loss,
+    train_score_model,
+)
 
 
 def softplus(x):  # -log sigmoid(-x), by hand
@@ -117,8 +129,8 @@ def test_reward_and_cost_model_losses_match_hand_computation():
 @pytest.fixture(scope="module")
 def world_sft(tmp_path_factory):
     """World data and a tiny SFT reference that answers ~37% of harmful prompts unsafely."""
-    from safedpo.tiny import save_tiny_model
-    from safedpo.train import sft
+    from safedpo.models.tiny import save_tiny_model
+    from safedpo.train.loop import sft
     from safedpo.world import World
 
     root = tmp_path_factory.mktemp("world")
@@ -136,7 +148,7 @@ def world_sft(tmp_path_factory):
 
 def _unsafe_mass(world, run_dir):
     """Exact probability of an unsafe answer to a held-out harmful prompt."""
-    from safedpo.modeling import load_trained
+    from safedpo.models.loading import load_trained
     from safedpo.world import exact
 
     model, tokenizer, template = load_trained(run_dir)
@@ -298,8 +310,9 @@ def test_saferlhf_refuses_sharded_launchers(world_sft, monkeypatch):
 def test_compare_runs_saferlhf_with_its_own_loop(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from safedpo import compare, saferlhf
-    from safedpo import train as engine
+    from safedpo.pipelines import compare
+    from safedpo.train import loop as engine
+    from safedpo.train import ppo_lagrangian as saferlhf
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     plan = compare.load_plan("compare", configs / "compare-tiny.yaml", output_dir=str(tmp_path),

@@ -6,8 +6,13 @@ import copy
 import pytest
 import torch
 
-from safedpo.tiny import make_word_tokenizer
-from safedpo.tokenization import collate_pairs, encode_pair, special_prefix, tokenize_pairs
+from safedpo.data.tokenization import (
+    collate_pairs,
+    encode_pair,
+    special_prefix,
+    tokenize_pairs,
+)
+from safedpo.models.tiny import make_word_tokenizer
 
 WORDS = "p1 p2 p3 p4 p5 p6 r1 r2 r3 r4 r5"
 

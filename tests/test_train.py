@@ -10,7 +10,7 @@ from engine_fixtures import HARMFUL, make_pairs, tiny_config, tiny_model
 
 from safedpo.config import ConfigError
 from safedpo.losses import LOSSES
-from safedpo.train import sft, train
+from safedpo.train.loop import sft, train
 
 LN2 = math.log(2)
 
@@ -44,10 +44,10 @@ def test_step_one_numbers_for_dpo_and_safedpo(tmp_path):
 
 
 def test_safedpo_lowers_logp_of_unsafe_rejected(tmp_path):
-    from safedpo.modeling import load_trained
-    from safedpo.prompts import format_prompt
-    from safedpo.tokenization import collate_sft, encode_pair
+    from safedpo.data.prompts import format_prompt
+    from safedpo.data.tokenization import collate_sft, encode_pair
     from safedpo.logprobs import sequence_logps
+    from safedpo.models.loading import load_trained
 
     model_path = tiny_model(tmp_path)
     cfg = tiny_config(tmp_path, model_path, max_steps=3)
@@ -65,7 +65,7 @@ def test_safedpo_lowers_logp_of_unsafe_rejected(tmp_path):
 
 
 def test_run_dir_layout_and_metric_names(tmp_path):
-    from safedpo.modeling import load_trained
+    from safedpo.models.loading import load_trained
 
     cfg = tiny_config(tmp_path, tiny_model(tmp_path), prompt_template="Q: {prompt} A:")
     summary = train(cfg, make_pairs())
@@ -85,9 +85,9 @@ def test_run_dir_layout_and_metric_names(tmp_path):
 
 
 def test_logps_average_and_rpo(tmp_path):
+    from safedpo.data.tokenization import collate_pairs, tokenize_pairs
     from safedpo.logprobs import sequence_logps
-    from safedpo.modeling import load_model_and_tokenizer
-    from safedpo.tokenization import collate_pairs, tokenize_pairs
+    from safedpo.models.loading import load_model_and_tokenizer
 
     model_path = tiny_model(tmp_path)
     train(tiny_config(tmp_path, model_path, out="sum", loss_type="dpo"), make_pairs())
@@ -171,8 +171,8 @@ def test_cli_sft_then_train_from_files(tmp_path, capsys):
 
 
 def test_cli_model_errors_are_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
-    from safedpo import train as engine
     from safedpo.cli import main
+    from safedpo.train import loop as engine
 
     row = {"prompt": "p", "response_0": "a", "response_1": "b", "better_response_id": 0,
            "safer_response_id": 0, "is_response_0_safe": True, "is_response_1_safe": False}

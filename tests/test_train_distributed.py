@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from engine_fixtures import make_pairs, tiny_config, tiny_model
 
-from safedpo.train import train
+from safedpo.train.loop import train
 
 TESTS = Path(__file__).resolve().parent
 SCRIPT = """
 import sys
 from engine_fixtures import make_pairs
 from safedpo.config import load_config
-from safedpo.train import train
+from safedpo.train.loop import train
 train(load_config(None, sys.argv[1:]), make_pairs() * 2)
 """
 
@@ -76,7 +76,7 @@ def test_deepspeed_configs_get_batch_and_clipping_from_the_training_config(name)
     from accelerate.utils import DeepSpeedPlugin
 
     from safedpo.config import TrainConfig
-    from safedpo.runtime import fill_deepspeed_config
+    from safedpo.train.runtime import fill_deepspeed_config
 
     shipped = yaml.safe_load((TESTS.parent / "configs" / "accelerate" / name).read_text())
     plugin = DeepSpeedPlugin(**shipped["deepspeed_config"])  # as `accelerate launch` builds it

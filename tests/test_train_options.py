@@ -9,11 +9,11 @@ import pytest
 import torch
 from engine_fixtures import make_pairs, tiny_config, tiny_model
 
+from safedpo.data.tokenization import collate_pairs, tokenize_pairs
 from safedpo.logprobs import sequence_logps
 from safedpo.losses import dpo_loss
-from safedpo.modeling import load_model_and_tokenizer
-from safedpo.tokenization import collate_pairs, tokenize_pairs
-from safedpo.train import train
+from safedpo.models.loading import load_model_and_tokenizer
+from safedpo.train.loop import train
 
 
 def metrics(run_dir):
@@ -70,7 +70,7 @@ def test_schedules_with_warmup(tmp_path, schedule, expected):
 
 
 def test_gradient_checkpointing_changes_nothing(tmp_path):
-    from safedpo.runtime import load_policy as _load_policy
+    from safedpo.train.runtime import load_policy as _load_policy
 
     path = tiny_model(tmp_path)
     model, _, _ = _load_policy(tiny_config(tmp_path, path, gradient_checkpointing=True))
@@ -104,7 +104,7 @@ def test_tensorboard(tmp_path):
 def test_bf16_without_support_falls_back_to_float32(tmp_path, monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("this machine supports bf16")
-    monkeypatch.setattr("safedpo.runtime.cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr("safedpo.train.runtime.cpu_supports_bf16", lambda: False)
     cfg = tiny_config(tmp_path, tiny_model(tmp_path), bf16=True, max_steps=1, loss_type="dpo")
     with pytest.warns(UserWarning, match="bf16"):
         train(cfg, make_pairs())
@@ -114,7 +114,7 @@ def test_bf16_without_support_falls_back_to_float32(tmp_path, monkeypatch):
 def test_bf16_autocast_on_a_cpu_with_native_bf16(tmp_path, monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("CPU-only check")
-    monkeypatch.setattr("safedpo.runtime.cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr("safedpo.train.runtime.cpu_supports_bf16", lambda: True)
     model = tiny_model(tmp_path)
     losses = {}
     for bf16 in (False, True):

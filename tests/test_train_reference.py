@@ -7,11 +7,11 @@ import pytest
 import torch
 from engine_fixtures import TEXTS, make_pairs, pair_logps, tiny_config, tiny_model
 
-import safedpo.objectives as engine
+import safedpo.train.objectives as engine
+from safedpo.data.tokenization import collate_pairs, tokenize_pairs
 from safedpo.data.types import SafetyPair
-from safedpo.modeling import load_model_and_tokenizer
-from safedpo.tokenization import collate_pairs, tokenize_pairs
-from safedpo.train import train
+from safedpo.models.loading import load_model_and_tokenizer
+from safedpo.train.loop import train
 
 
 def metrics(run_dir):
@@ -44,7 +44,7 @@ def test_lora_reference_is_the_base_model(tmp_path):
     assert (enabled - want).abs().max() > 1e-3
     # The policy's rewards/margins at step 3 are measured against exactly these base log-probs:
     # load_trained merges the adapter, giving the adapter-enabled numbers.
-    from safedpo.modeling import load_trained
+    from safedpo.models.loading import load_trained
 
     merged, _, _ = load_trained(tmp_path / "run")
     assert torch.allclose(pair_logps(merged, tok, make_pairs()), enabled, atol=1e-4)
@@ -99,7 +99,7 @@ def test_reference_cache_reuse_and_invalidation(tmp_path, monkeypatch):
                       precompute_ref_log_probs=True, ref_cache_dir=str(cache)), pairs)
     assert len(cache_files(cache)) == 3
     # Same path, new weights -> a new entry (the key hashes file contents, not the name).
-    from safedpo.tiny import make_tiny_llama
+    from safedpo.models.tiny import make_tiny_llama
 
     make_tiny_llama(tok, hidden_size=32, num_layers=1, num_heads=2, seed=1).save_pretrained(model)
     train(tiny_config(tmp_path, model, out="weights", loss_type="dpo",
@@ -110,7 +110,7 @@ def test_reference_cache_reuse_and_invalidation(tmp_path, monkeypatch):
 def test_separate_reference_model(tmp_path):
     """ref_model_name_or_path: rewards are measured against that model from step 1."""
     policy = tiny_model(tmp_path, "policy")
-    from safedpo.tiny import make_tiny_llama
+    from safedpo.models.tiny import make_tiny_llama
 
     _, tok = load_model_and_tokenizer(policy)
     ref_path = tmp_path / "ref"

@@ -25,9 +25,9 @@ from safetensors.torch import load_file
 
 from safedpo.cli import main as cli_main
 from safedpo.config import ConfigError
-from safedpo.distributed import Request, check, describe, requested
-from safedpo.modeling import load_model_and_tokenizer
-from safedpo.train import train
+from safedpo.models.loading import load_model_and_tokenizer
+from safedpo.train.distributed import Request, check, describe, requested
+from safedpo.train.loop import train
 
 TESTS = Path(__file__).resolve().parent
 CONFIGS = TESTS.parent / "configs" / "accelerate" / "cpu"

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from safedpo.prompts import format_prompt
-from safedpo.tiny import make_tiny_llama, make_word_tokenizer
+from safedpo.data.prompts import format_prompt
+from safedpo.models.tiny import make_tiny_llama, make_word_tokenizer
 from safedpo.world import World
 from safedpo.world.exact import garbled_mass, response_logps, response_probs
 

@@ -409,7 +409,10 @@ def validate(config: TrainConfig) -> None:
         bad(f"temperature must be > 0, got {config.temperature}")
     if config.loss_type == SAFERLHF:
         return
-    from safedpo.losses import LOSSES, check_loss_kwargs  # heavy (torch): keeps --help fast
+    from safedpo.losses import (  # heavy (torch): keeps --help fast
+        LOSSES,
+        check_loss_kwargs,
+    )
 
     if config.loss_type not in LOSSES:
         bad(f"unknown loss_type '{config.loss_type}'; choose one of {', '.join(LOSSES)} "

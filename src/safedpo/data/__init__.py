@@ -16,7 +16,13 @@ from safedpo.data.sources import (
     load_sft_examples,
     read_table,
 )
-from safedpo.data.transform import VIEWS, build_pairs, load_pairs, require_pairs, transform
+from safedpo.data.transform import (
+    VIEWS,
+    build_pairs,
+    load_pairs,
+    require_pairs,
+    transform,
+)
 from safedpo.data.types import DataError, SafetyPair
 
 __all__ = [

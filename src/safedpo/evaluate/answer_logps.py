@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from safedpo.data.sources import read_table
+from safedpo.data.tokenization import pad_sequences, tokenize_sft
 from safedpo.data.types import DataError
 from safedpo.evaluate import metrics as M
 from safedpo.logprobs import sequence_logps
-from safedpo.tokenization import pad_sequences, tokenize_sft
 
 
 def read_answers(path: str | Path) -> list[dict]:

@@ -2,7 +2,7 @@
 
 Generation is batched with LEFT padding (so every prompt ends at the same position and new
 tokens follow it directly), the tokenizer's padding side is restored afterwards, and only the
-new tokens are decoded. Prompts are formatted with ``safedpo.prompts.format_prompt`` exactly as
+new tokens are decoded. Prompts are formatted with ``safedpo.data.prompts.format_prompt`` exactly as
 in training. Responses are appended to generations.jsonl one batch at a time, so a crashed run
 resumes where it stopped: prompts already in the file are not generated again.
 """
@@ -20,10 +20,10 @@ import torch
 from tqdm.auto import tqdm
 
 from safedpo.data import load_prompts
-from safedpo.data.benchmarks import is_benchmark, load_benchmark
+from safedpo.data.prompt_sets import is_benchmark, load_benchmark
+from safedpo.data.prompts import format_prompt
+from safedpo.data.tokenization import encode_prompt
 from safedpo.data.types import DataError
-from safedpo.prompts import format_prompt
-from safedpo.tokenization import encode_prompt
 from safedpo.world import World
 
 
@@ -45,7 +45,7 @@ def load_prompt_records(source, *, split: str = "test", prompt_column: str = "pr
 
     ``source``: a list of prompt strings or dicts; "world" / "world:SEED" (the synthetic world's
     held-out test prompts, or ``split``'s prompts); a public benchmark's name or names joined
-    with '+' (``safedpo.data.benchmarks``: advbench, harmbench, donotanswer, strongreject,
+    with '+' (``safedpo.data.prompt_sets``: advbench, harmbench, donotanswer, strongreject,
     overrefusal, benign-howto); or anything ``safedpo.data.load_prompts``
     reads (a preference dataset's unique prompts of ``split``, a jsonl/csv of prompts, an
     XSTest-format csv). Duplicate prompts are dropped (first kept) with a printed count.

@@ -10,11 +10,15 @@ import torch
 
 from safedpo.evaluate import metrics as M
 from safedpo.evaluate.answer_logps import answer_logps, read_answers
-from safedpo.evaluate.generate import (generate_to_file, load_prompt_records, read_generations,
-                                       write_jsonl)
+from safedpo.evaluate.generate import (
+    generate_to_file,
+    load_prompt_records,
+    read_generations,
+    write_jsonl,
+)
 from safedpo.evaluate.report import write_eval_report
 from safedpo.evaluate.scorers import Scorer, build_scorers, check_scorer_specs
-from safedpo.modeling import load_trained
+from safedpo.models.loading import load_trained
 
 # Settings that change what is generated: a resumed run must match them. A sampled run also
 # keeps its batch size (SAMPLING_KEYS): each batch has its own seed and its samples depend on
@@ -38,7 +42,7 @@ def default_scorers(prompts_source) -> list[str]:
 def load_policy(model, tokenizer=None, prompt_template: str | None = None, dtype=None,
                 trust_remote_code: bool = False):
     """-> (model, tokenizer, prompt_template, name). ``model`` is a run dir / model dir / adapter
-    dir (``safedpo.modeling.load_trained``), a hub id, or an already-loaded model (then
+    dir (``safedpo.models.loading.load_trained``), a hub id, or an already-loaded model (then
     ``tokenizer`` is required). A loaded-from-disk model goes to the GPU when there is one, in
     ``dtype`` (default: bfloat16 on a GPU, float32 on a CPU). ``trust_remote_code``: only
     from the caller, never from the run's files."""

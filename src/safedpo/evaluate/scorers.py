@@ -24,10 +24,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from safedpo.data.prompts import SAFE_RLHF_TEMPLATE, format_prompt
+from safedpo.data.tokenization import encode_prompt
 from safedpo.evaluate.judge import OUTCOME_CODE, classify
-from safedpo.model_sources import looks_local
-from safedpo.prompts import SAFE_RLHF_TEMPLATE, format_prompt
-from safedpo.tokenization import encode_prompt
+from safedpo.models.sources import looks_local
 from safedpo.world import Oracle, World
 
 KINDS = ("reward", "cost", "refusal", "flag", "outcome")

@@ -11,26 +11,26 @@ import importlib
 import sys
 
 from safedpo import __version__
-from safedpo.evaluate.cli import HelpFormatter
+from safedpo.cli.common import HelpFormatter
 
 # name -> (module, one-line help). The module owns its arguments and its run().
 COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("safedpo.data.cli", "show what the safety transformation does to a dataset"),
-    "sft": ("safedpo.cli_train", "supervised fine-tuning: make the reference model"),
-    "train": ("safedpo.cli_train", "train a policy with SafeDPO, DPO or a baseline loss"),
-    "rm": ("safedpo.cli_train", "train a reward model (Bradley-Terry on better_response_id)"),
-    "cm": ("safedpo.cli_train", "train a cost model (safer_response_id + safety labels; "
+    "data": ("safedpo.cli.data", "show what the safety transformation does to a dataset"),
+    "sft": ("safedpo.cli.train", "supervised fine-tuning: make the reference model"),
+    "train": ("safedpo.cli.train", "train a policy with SafeDPO, DPO or a baseline loss"),
+    "rm": ("safedpo.cli.train", "train a reward model (Bradley-Terry on better_response_id)"),
+    "cm": ("safedpo.cli.train", "train a cost model (safer_response_id + safety labels; "
                                 "cost > 0 = unsafe)"),
-    "saferlhf": ("safedpo.cli_train", "Safe RLHF: PPO-Lagrangian with a reward and a cost model"),
-    "sacpo": ("safedpo.cli_compare", "SACPO: DPO on helpfulness, then on harmlessness"),
-    "sweep": ("safedpo.cli_compare", "train one method over several values of Delta"),
-    "eval": ("safedpo.evaluate.cli", "generate answers for a prompt set and score them"),
-    "pairs": ("safedpo.pairs", "on-policy safety pairs from an instruct model (PKU-SafeRLHF "
+    "saferlhf": ("safedpo.cli.train", "Safe RLHF: PPO-Lagrangian with a reward and a cost model"),
+    "sacpo": ("safedpo.cli.compare", "SACPO: DPO on helpfulness, then on harmlessness"),
+    "sweep": ("safedpo.cli.compare", "train one method over several values of Delta"),
+    "eval": ("safedpo.cli.evaluate", "generate answers for a prompt set and score them"),
+    "pairs": ("safedpo.cli.pairs", "on-policy safety pairs from an instruct model (PKU-SafeRLHF "
               "schema)"),
-    "report": ("safedpo.evaluate.cli", "one table and one plot over many evaluated runs"),
-    "compare": ("safedpo.cli_compare", "train, evaluate and report several methods on the "
+    "report": ("safedpo.cli.evaluate", "one table and one plot over many evaluated runs"),
+    "compare": ("safedpo.cli.compare", "train, evaluate and report several methods on the "
                 "same data"),
-    "demo": ("safedpo.cli_demo", "the whole pipeline on the synthetic safety world, on a CPU"),
+    "demo": ("safedpo.cli.demo", "the whole pipeline on the synthetic safety world, on a CPU"),
 }
 
 

@@ -1,9 +1,10 @@
 """The training loop: preference losses (SafeDPO, DPO, baselines) and SFT share it. The
-objectives live in ``safedpo.objectives``, everything around the loop in ``safedpo.runtime``.
+objectives live in ``safedpo.train.objectives``, everything around the loop in
+``safedpo.train.runtime``.
 
 One run, top to bottom (``run_objective``):
 1. An ``Accelerator`` (DDP / DeepSpeed / FSDP come from ``accelerate launch``, and the run
-   stops if accelerate resolved anything else, see ``safedpo.distributed``; bf16 autocast
+   stops if accelerate resolved anything else, see ``safedpo.train.distributed``; bf16 autocast
    where the device supports it; gradient accumulation).
 2. The model sources and the run dir are checked (a previous run is never overwritten
    silently; resuming is explicit and only with the same settings), and the run dir locked
@@ -40,15 +41,30 @@ from accelerate.utils import set_seed
 from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
-from safedpo import checkpoint as ckpt
-from safedpo import distributed
 from safedpo.config import SAFERLHF, ConfigError, TrainConfig, validate
 from safedpo.data import DataError, load_pairs, load_sft_examples, require_pairs
-from safedpo.objectives import PreferenceObjective, RunContext, SFTObjective
-from safedpo.runtime import (MetricSums, StopOnSignal, check_models, check_output_dir,
-                             end_run, fill_deepspeed_config, flat_config, hold_output_dir,
-                             log_metrics, make_accelerator, make_optimizer, prepare_output_dir,
-                             raise_if_nonfinite, require, resume_state, save_model, to_device)
+from safedpo.train import checkpoint as ckpt
+from safedpo.train import distributed
+from safedpo.train.objectives import PreferenceObjective, RunContext, SFTObjective
+from safedpo.train.runtime import (
+    MetricSums,
+    StopOnSignal,
+    check_models,
+    check_output_dir,
+    end_run,
+    fill_deepspeed_config,
+    flat_config,
+    hold_output_dir,
+    log_metrics,
+    make_accelerator,
+    make_optimizer,
+    prepare_output_dir,
+    raise_if_nonfinite,
+    require,
+    resume_state,
+    save_model,
+    to_device,
+)
 
 Callback = Callable[[dict], Any]
 
@@ -60,7 +76,7 @@ def train(config: TrainConfig, pairs=None, *, callbacks: list[Callback] = ()) ->
     validate(config)  # a config built in code is checked as a resolved one is
     if config.loss_type == SAFERLHF:
         raise ConfigError("loss_type saferlhf is PPO-Lagrangian: run it with safedpo saferlhf "
-                          "(safedpo.saferlhf.train), not safedpo train")
+                          "(safedpo.train.ppo_lagrangian.train), not safedpo train")
     pairs, stats = config_pairs(config) if pairs is None else (pairs, None)
     return run_objective(config, PreferenceObjective(config), list(pairs), stats, callbacks)
 

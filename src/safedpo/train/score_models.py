@@ -23,13 +23,13 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from safedpo.config import ConfigError, TrainConfig, validate
+from safedpo.data.tokenization import pad_sequences
 from safedpo.evaluate.scorers import conversation_ids
-from safedpo.model_sources import resolve_model_source
-from safedpo.modeling import resolve_dtype, run_model_dir
-from safedpo.objectives import Objective
-from safedpo.runtime import disable_dropout
-from safedpo.tokenization import pad_sequences
-from safedpo.train import config_pairs, run_objective
+from safedpo.models.loading import resolve_dtype
+from safedpo.models.sources import resolve_model_source, run_model_dir
+from safedpo.train.loop import config_pairs, run_objective
+from safedpo.train.objectives import Objective
+from safedpo.train.runtime import disable_dropout
 
 VIEWS = {"reward": "helpful", "cost": "harmless"}  # chosen = more helpful / safer response
 
@@ -60,7 +60,7 @@ def load_score_model(config: TrainConfig):
     kept, a new score head is added)."""
     if config.use_peft:
         raise ConfigError("use_peft is not supported for reward/cost models; train them in full")
-    # pkg:// sources and .gguf files as for the policy (safedpo.model_sources)
+    # pkg:// sources and .gguf files as for the policy (safedpo.models.sources)
     name, gguf = resolve_model_source(config.model_name_or_path, config.gguf_file)
     path = Path(name).expanduser()
     name = str(run_model_dir(path)) if path.is_dir() and gguf is None else name

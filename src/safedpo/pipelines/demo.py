@@ -14,7 +14,7 @@ minute, through the same code paths as a real run.
    generation per prompt, scored by the oracle) is added under sampled/ as a cross-check.
 6. report.md (table, plot, a paragraph of reading), frontier.png and report.json.
 
-Steps 3-4 are a compare plan (``safedpo.compare``: stages resolved by ``safedpo.config``,
+Steps 3-4 are a compare plan (``safedpo.pipelines.compare``: stages resolved by ``safedpo.config``,
 trained from one reference); the exact evaluation is the demo's own, its report goes through
 the one report writer (``safedpo.evaluate.report.save_report``) as sections.
 The recipe (configs/demo.yaml, ``--recipe``) was chosen on this world over seeds 0, 1, 2 with
@@ -50,14 +50,20 @@ import torch
 from safetensors import safe_open
 from transformers.utils import logging as hf_logging
 
-from safedpo.compare import Method, Plan, Stage, run_plan, train_stage
 from safedpo.config import Layer, read_yaml
 from safedpo.evaluate import evaluate
 from safedpo.evaluate.metrics import normalize_reward
-from safedpo.evaluate.report import (PLOT_LINK, Frontier, Report, ReportSection, save_report,
-                                     write_report)
-from safedpo.modeling import load_trained
-from safedpo.tiny import save_tiny_model
+from safedpo.evaluate.report import (
+    PLOT_LINK,
+    Frontier,
+    Report,
+    ReportSection,
+    save_report,
+    write_report,
+)
+from safedpo.models.loading import load_trained
+from safedpo.models.tiny import save_tiny_model
+from safedpo.pipelines.compare import Method, Plan, Stage, run_plan, train_stage
 from safedpo.world import World, exact
 
 METHODS = ("dpo_helpful", "dpo_harmless", "safedpo")

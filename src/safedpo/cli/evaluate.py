@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from safedpo.model_sources import MissingPackageError, looks_local
+from safedpo.cli.common import HelpFormatter, add_generation_options
+from safedpo.models.sources import MissingPackageError, check_model
 
 EVAL_EPILOG = """scorers (repeat --scorer):
   oracle          the synthetic world's oracle reward and cost, and the share of garbled
@@ -31,17 +32,6 @@ REPORT_EPILOG = """example:
   safedpo report runs/sft runs/dpo-helpful runs/safedpo --reference runs/sft \\
       --helpful runs/dpo-helpful --output-dir report
 """
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Show defaults (not None, nor where the help already names its default) and keep the
-    epilog's line breaks."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.default is None or action.default is False or "default" in text:
-            return text
-        return super()._get_help_string(action)
 
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
@@ -71,24 +61,12 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--world-seed", type=int, default=None,
                             help="seed of the synthetic world (prompts 'world', oracle scorers; "
                                  "default: the N of --prompts world:N, else 0)")
-        parser.add_argument("--max-new-tokens", type=int, default=128)
         parser.add_argument("--do-sample", action="store_true",
                             help="sample (default: greedy decoding)")
-        parser.add_argument("--temperature", type=float, default=1.0)
-        parser.add_argument("--top-p", type=float, default=1.0)
-        parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-        parser.add_argument("--batch-size", type=int, default=8,
-                            help="prompts per generation/scoring batch")
-        parser.add_argument("--prompt-template", default=None,
-                            help="override the run's prompt template ('auto', 'chat', or a "
-                                 "string with {prompt})")
+        add_generation_options(parser)
         parser.add_argument("--reference", default=None,
                             help="an evaluation dir of the reference model: adds the win rate "
                                  "against its responses (by the reward scorer)")
-        parser.add_argument("--dtype", default=None,
-                            choices=["float32", "bfloat16", "float16", "auto"],
-                            help="weights dtype of the policy and model scorers "
-                                 "(default: bfloat16 on a GPU, float32 on a CPU)")
         parser.add_argument("--trust-remote-code", action="store_true",
                             help="let the model's files run their own Python code (auto_map); "
                                  "only this flag turns it on, never a run dir's config.yaml")
@@ -102,7 +80,6 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--overwrite", action="store_true",
                             help="discard earlier generations in the output dir instead of "
                                  "resuming")
-        parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     else:
         parser.epilog = REPORT_EPILOG
         parser.add_argument("runs", nargs="+", metavar="RUN",
@@ -119,12 +96,6 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
                             help="method names, one per RUN (default: from metrics.json)")
         parser.add_argument("--title", default=None)
         parser.add_argument("--n-boot", type=int, default=1000)
-
-
-def check_model(model: str) -> None:
-    """A --model that is meant as a local path (not a hub id or a pkg:// source) must exist."""
-    if "://" not in model and looks_local(model) and not Path(model).expanduser().exists():
-        raise FileNotFoundError(f"model not found: {model}")
 
 
 def default_output_dir(model: str, prompts: str) -> Path:

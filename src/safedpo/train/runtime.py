@@ -1,6 +1,6 @@
 """What a training run needs around the loop: the accelerator and its precision, the DeepSpeed
 fill-in, the policy, the optimizer and schedule, the run dir, metric sums, logging, saving
-and signal handling. ``safedpo.train`` composes these; nothing here knows the objective."""
+and signal handling. ``safedpo.train.loop`` composes these; nothing here knows the objective."""
 
 from __future__ import annotations
 
@@ -21,11 +21,12 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import broadcast_object_list
 from transformers import get_scheduler
 
-from safedpo import checkpoint as ckpt
-from safedpo import distributed
 from safedpo.config import ConfigError, TrainConfig, resume_changes, save_config
 from safedpo.logprobs import accepts_logits_to_keep
-from safedpo.modeling import apply_lora, check_model, load_model_and_tokenizer
+from safedpo.models.loading import apply_lora, load_model_and_tokenizer
+from safedpo.models.sources import check_model
+from safedpo.train import checkpoint as ckpt
+from safedpo.train import distributed
 
 
 def require(value, name: str) -> None:

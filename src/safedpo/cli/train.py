@@ -8,10 +8,16 @@ import importlib
 import json
 import sys
 
-from safedpo.config import (SAFERLHF_FIELDS, ConfigError, add_config_options, args_layer,
-                            file_layer, resolve)
+from safedpo.config import (
+    SAFERLHF_FIELDS,
+    ConfigError,
+    add_config_options,
+    args_layer,
+    file_layer,
+    resolve,
+)
 from safedpo.data.types import DataError
-from safedpo.model_sources import MissingPackageError
+from safedpo.models.sources import MissingPackageError
 
 _EXAMPLES = {
     "train": "example: safedpo train --config configs/tiny-cpu.yaml "
@@ -28,10 +34,10 @@ _EXAMPLES = {
                 "runs/cm/model, or none to train both first)",
 }
 # command -> (module, function(config) -> train summary), imported when a run starts.
-_RUNNERS = {"sft": ("safedpo.train", "sft"), "train": ("safedpo.train", "train"),
-            "rm": ("safedpo.reward_models", "train_reward_model"),
-            "cm": ("safedpo.reward_models", "train_cost_model"),
-            "saferlhf": ("safedpo.saferlhf", "train")}
+_RUNNERS = {"sft": ("safedpo.train.loop", "sft"), "train": ("safedpo.train.loop", "train"),
+            "rm": ("safedpo.train.score_models", "train_reward_model"),
+            "cm": ("safedpo.train.score_models", "train_cost_model"),
+            "saferlhf": ("safedpo.train.ppo_lagrangian", "train")}
 
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
