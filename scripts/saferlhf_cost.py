@@ -33,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from safedpo.config import load_config
+from safedpo.config import SafeRLHFConfig, load_config
 from safedpo.pipelines.demo import evaluate_exact
 from safedpo.train.ppo_lagrangian import train
 from safedpo.world import World
@@ -83,7 +83,8 @@ def main() -> int:
         if args.reuse and done.is_file():
             summary = json.loads(done.read_text())
         else:
-            summary = train(load_config(args.config, model_name_or_path=str(demo / "sft"),
+            summary = train(load_config(args.config, cls=SafeRLHFConfig,
+                                        model_name_or_path=str(demo / "sft"),
                                         dataset=str(demo / "data" / "train.jsonl"),
                                         output_dir=str(out / name), overwrite_output_dir=True,
                                         seed=args.seed, **models))

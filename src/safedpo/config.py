@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -111,34 +112,6 @@ class TrainConfig:
         False, "compute reference log-probs once before training and cache them on disk")
     ref_cache_dir: str | None = _f(
         None, "where cached reference log-probs live (None = OUTPUT_DIR/ref_cache)")
-    # --- Safe RLHF (safedpo saferlhf: PPO-Lagrangian; names follow TRL's PPOConfig) ---
-    reward_model_path: str | None = _f(
-        None, "saferlhf: reward model (sequence classifier or safe-rlhf score model, dir or hub "
-        "id; 'oracle' = the synthetic world's true reward); None = train one first (safedpo rm)")
-    cost_model_path: str | None = _f(
-        None, "saferlhf: cost model (cost > 0 = unsafe; same formats, 'oracle' too); "
-        "None = train one first (safedpo cm)")
-    score_model_overrides: dict[str, Any] = _f(
-        {}, "saferlhf: config values for the reward/cost model runs it trains, e.g. "
-        "{learning_rate: 1e-3, optim: adamw_torch}; the rest is this config's, except "
-        "max_steps (they run num_train_epochs unless given)")
-    response_length: int = _f(53, "saferlhf: max new tokens per rollout answer")
-    temperature: float = _f(1.0, "saferlhf: sampling temperature of the rollouts")
-    kl_coef: float = _f(0.05, "saferlhf: weight of the per-token KL penalty to the reference")
-    cliprange: float = _f(0.2, "saferlhf: PPO ratio clip range epsilon")
-    cliprange_value: float = _f(0.2, "saferlhf: value clip range around the rollout's values")
-    vf_coef: float = _f(0.1, "saferlhf: weight of the value (critic) loss")
-    gamma: float = _f(1.0, "saferlhf: discount factor")
-    lam: float = _f(0.95, "saferlhf: GAE lambda")
-    num_ppo_epochs: int = _f(4, "saferlhf: passes over each rollout batch")
-    num_mini_batches: int = _f(
-        1, "saferlhf: mini-batches per rollout batch (optimizer steps per PPO epoch)")
-    score_clip: float | None = _f(50.0, "saferlhf: clip reward and cost scores to +-this")
-    cost_threshold: float = _f(0.0, "saferlhf: the constraint: mean episode cost <= this")
-    lambda_init: float = _f(1.0, "saferlhf: initial Lagrange multiplier lambda >= 0")
-    lambda_lr: float = _f(
-        0.1, "saferlhf: step of lambda's gradient ascent per unit of constraint violation")
-    lambda_max: float | None = _f(None, "saferlhf: upper bound on lambda (None = none)")
     # --- logging / saving ---
     logging_steps: int = _f(10, "log metrics every N optimizer steps")
     save_steps: int = _f(500, "save a checkpoint every N optimizer steps (0 = only at the end)")
@@ -152,22 +125,62 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class SafeRLHFConfig(TrainConfig):
+    """Safe RLHF (``safedpo saferlhf``, PPO-Lagrangian): every TrainConfig field plus its own,
+    as TRL's PPOConfig extends its TrainingArguments (names follow PPOConfig)."""
+
+    reward_model_path: str | None = _f(
+        None, "reward model (sequence classifier or safe-rlhf score model, dir or hub "
+        "id; 'oracle' = the synthetic world's true reward); None = train one first (safedpo rm)")
+    cost_model_path: str | None = _f(
+        None, "cost model (cost > 0 = unsafe; same formats, 'oracle' too); "
+        "None = train one first (safedpo cm)")
+    score_model_overrides: dict[str, Any] = _f(
+        {}, "config values for the reward/cost model runs it trains, e.g. "
+        "{learning_rate: 1e-3, optim: adamw_torch}; the rest is this config's, except "
+        "max_steps (they run num_train_epochs unless given)")
+    response_length: int = _f(53, "max new tokens per rollout answer")
+    temperature: float = _f(1.0, "sampling temperature of the rollouts")
+    kl_coef: float = _f(0.05, "weight of the per-token KL penalty to the reference")
+    cliprange: float = _f(0.2, "PPO ratio clip range epsilon")
+    cliprange_value: float = _f(0.2, "value clip range around the rollout's values")
+    vf_coef: float = _f(0.1, "weight of the value (critic) loss")
+    gamma: float = _f(1.0, "discount factor")
+    lam: float = _f(0.95, "GAE lambda")
+    num_ppo_epochs: int = _f(4, "passes over each rollout batch")
+    num_mini_batches: int = _f(
+        1, "mini-batches per rollout batch (optimizer steps per PPO epoch)")
+    score_clip: float | None = _f(50.0, "clip reward and cost scores to +-this")
+    cost_threshold: float = _f(0.0, "the constraint: mean episode cost <= this")
+    lambda_init: float = _f(1.0, "initial Lagrange multiplier lambda >= 0")
+    lambda_lr: float = _f(
+        0.1, "step of lambda's gradient ascent per unit of constraint violation")
+    lambda_max: float | None = _f(None, "upper bound on lambda (None = none)")
+
+
 class ConfigError(ValueError):
     """A bad config key or value; the message names the key and where it came from."""
 
 
-HINTS = typing.get_type_hints(TrainConfig)
-FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+SETTINGS = (TrainConfig, SafeRLHFConfig)  # every settings type; each engine has one
 
 
-def field_help(name: str) -> str:
-    return FIELDS[name].metadata.get("help", "")
+@functools.cache
+def fields_of(cls: type = TrainConfig) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
 
 
-# Read by safedpo saferlhf only (its --help shows them; train/sft/rm/cm do not).
-SAFERLHF_FIELDS = tuple(n for n in FIELDS if field_help(n).startswith("saferlhf:"))
-# loss_type of Safe RLHF: PPO-Lagrangian (safedpo saferlhf), not a preference loss of LOSSES.
-SAFERLHF = "saferlhf"
+@functools.cache
+def hints_of(cls: type = TrainConfig) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+FIELDS = fields_of(TrainConfig)
+
+
+def field_help(name: str, cls: type = TrainConfig) -> str:
+    return fields_of(cls)[name].metadata.get("help", "")
 
 
 def strip_optional(tp) -> tuple[Any, bool]:
@@ -178,9 +191,10 @@ def strip_optional(tp) -> tuple[Any, bool]:
     return tp, False
 
 
-def coerce(name: str, value: Any, where: str = "config") -> Any:
-    """``value`` (from YAML or a CLI string) converted to the type of field ``name``."""
-    tp, optional = strip_optional(HINTS[name])
+def coerce(name: str, value: Any, where: str = "config", cls: type = TrainConfig) -> Any:
+    """``value`` (from YAML or a CLI string) converted to the type of field ``name`` of ``cls``."""
+    hint = hints_of(cls)[name]
+    tp, optional = strip_optional(hint)
     origin = typing.get_origin(tp) or tp
     if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~")):
         if optional:
@@ -230,11 +244,11 @@ def coerce(name: str, value: Any, where: str = "config") -> Any:
             return dict(parsed)
     except (ValueError, TypeError, yaml.YAMLError) as e:
         raise ConfigError(
-            f"{where}: bad value {value!r} for '{name}' ({HINTS[name]}): {e}") from None
+            f"{where}: bad value {value!r} for '{name}' ({hint}): {e}") from None
     return value
 
 
-def parse_overrides(overrides: list[str]) -> dict[str, str | list[str]]:
+def parse_overrides(overrides: list[str], cls: type = TrainConfig) -> dict[str, str | list[str]]:
     """``["--beta", "0.05", "--use_peft", "--lora_target_modules", "q", "v", "--x=1"]``
     -> {key: raw value}. A flag without a value is ``true``; several values make a list."""
     out: dict[str, Any] = {}
@@ -243,7 +257,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, str | list[str]]:
         if tok.startswith("--"):
             key, eq, val = tok[2:].partition("=")
             key = key.replace("-", "_")
-            check_keys({key: None}, FIELDS, "command line", noun="config key")
+            check_config_keys({key: None}, cls, "command line")
             out[key] = [val] if eq else []
         elif key is None:
             raise ConfigError(f"command line: expected --key before {tok!r}")
@@ -259,6 +273,17 @@ class Layer:
     where: str
     values: dict
     typed_by_user: bool = False  # the command line or code: only these may turn on remote code
+    # Applies to runs of several engines (compare's base and command line): a key of another
+    # engine's settings type is left out of a run whose type lacks it, not an error.
+    shared: bool = False
+
+    def for_settings(self, cls: type) -> "Layer":
+        if not self.shared:
+            return self
+        foreign = {k for k in self.values if k not in fields_of(cls)
+                   and any(k in fields_of(c) for c in SETTINGS)}
+        return Layer(self.where, {k: v for k, v in self.values.items() if k not in foreign},
+                     self.typed_by_user)
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -296,45 +321,60 @@ def check_keys(data: dict, allowed, where: str, noun: str = "key") -> None:
             raise ConfigError(f"{where}: unknown {noun} '{key}'{hint}{known}")
 
 
-def resolve(layers: list[Layer]) -> TrainConfig:
-    """THE resolver: TrainConfig defaults, then each layer in order (later wins); every key
-    and value checked (``validate``)."""
+def check_config_keys(data: dict, cls: type, where: str, noun: str = "config key") -> None:
+    """Every key of ``data`` is a field of ``cls``; a key of another engine's settings says
+    which settings type has it."""
+    for key in data:
+        if key not in fields_of(cls):
+            other = next((c for c in SETTINGS if key in fields_of(c)), None)
+            if other is not None:
+                raise ConfigError(f"{where}: '{key}' is a setting of {other.__name__}, not of "
+                                  f"{cls.__name__}: Safe RLHF settings go to safedpo saferlhf, "
+                                  "or to a compare method with engine: saferlhf")
+    check_keys(data, fields_of(cls), where, noun=noun)
+
+
+def resolve(layers: list[Layer], cls: type = TrainConfig) -> TrainConfig:
+    """THE resolver: the defaults of ``cls`` (an engine's settings type: TrainConfig or
+    SafeRLHFConfig), then each layer in order (later wins); every key and value checked
+    (``validate``)."""
     merged: dict[str, Any] = {}
-    for layer in layers:
-        check_keys(layer.values, FIELDS, layer.where, noun="config key")
+    for layer in (layer.for_settings(cls) for layer in layers):
+        check_config_keys(layer.values, cls, layer.where)
         for key, value in layer.values.items():
-            merged[key] = coerce(key, value, layer.where)
+            merged[key] = coerce(key, value, layer.where, cls)
             if key == "trust_remote_code" and merged[key] and not layer.typed_by_user:
                 # A config file may come with a downloaded run: it must not run code on load.
                 raise ConfigError(
                     f"{layer.where}: trust_remote_code: true is only taken from the command "
                     "line; pass --trust_remote_code true if you trust the model's code")
-    config = TrainConfig(**merged)
+    config = cls(**merged)
     validate(config)
     return config
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                **values: Any) -> TrainConfig:
-    """TrainConfig from a YAML file (or defaults), then ``--key value`` overrides (a script's
-    argv), then keyword ``values``. Unknown keys raise ConfigError naming the key."""
+                cls: type = TrainConfig, **values: Any) -> TrainConfig:
+    """``cls`` (TrainConfig) from a YAML file (or defaults), then ``--key value`` overrides (a
+    script's argv), then keyword ``values``. Unknown keys raise ConfigError naming the key."""
     layers = [file_layer(path)] if path is not None else []
-    layers += [Layer("command line", parse_overrides(list(overrides or [])), True),
+    layers += [Layer("command line", parse_overrides(list(overrides or []), cls), True),
                Layer("keyword argument", values, True)]
-    return resolve(layers)
+    return resolve(layers, cls)
 
 
-def add_config_options(parser, *, prefix: str = "", skip: tuple[str, ...] = (),
-                       show_defaults: bool = True) -> None:
-    """One documented ``--KEY`` option per TrainConfig field (stored as ``prefix + KEY``, absent
+def add_config_options(parser, *, cls: type = TrainConfig, prefix: str = "",
+                       skip: tuple[str, ...] = (), show_defaults: bool = True) -> None:
+    """One documented ``--KEY`` option per field of ``cls`` (stored as ``prefix + KEY``, absent
     from the namespace unless given, so only what the user typed overrides a config file)."""
-    for key, f in FIELDS.items():
+    for key, f in fields_of(cls).items():
         if key in skip:
             continue
-        tp, _ = strip_optional(HINTS[key])
+        tp, _ = strip_optional(hints_of(cls)[key])
         origin = typing.get_origin(tp) or tp
         default = f.default_factory() if callable(f.default_factory) else f.default
-        text = f"{field_help(key)} (default: {default!r})" if show_defaults else field_help(key)
+        text = field_help(key, cls)
+        text = f"{text} (default: {default!r})" if show_defaults else text
         kwargs: dict = {"default": argparse.SUPPRESS, "dest": prefix + key,
                         "help": text.replace("%", "%%")}
         if origin is bool:
@@ -346,11 +386,11 @@ def add_config_options(parser, *, prefix: str = "", skip: tuple[str, ...] = (),
         parser.add_argument(f"--{key}", **kwargs)
 
 
-def args_layer(args: argparse.Namespace, prefix: str = "") -> Layer:
+def args_layer(args: argparse.Namespace, prefix: str = "", cls: type = TrainConfig) -> Layer:
     """The command-line layer: the options of ``add_config_options`` that were given. One
     value of a list option stays a string, so 'a,b' splits as in a config file."""
     values = {}
-    for key in FIELDS:
+    for key in fields_of(cls):
         if hasattr(args, prefix + key):
             value = getattr(args, prefix + key)
             values[key] = value[0] if isinstance(value, list) and len(value) == 1 else value
@@ -401,26 +441,31 @@ def validate(config: TrainConfig) -> None:
         bad(f"view: {e}")
     if config.column_map:
         check_keys(config.column_map, COLUMN_NAMES, "column_map", noun="PKU-SafeRLHF column")
+    if isinstance(config, SafeRLHFConfig):
+        validate_saferlhf(config)
+    from safedpo.losses import LOSSES, check_loss_kwargs  # heavy (torch): keeps --help fast
+
+    if config.loss_type not in LOSSES:
+        hint = " (Safe RLHF is an engine of its own: safedpo saferlhf, or engine: saferlhf " \
+               "in a compare method)" if config.loss_type == "saferlhf" else ""
+        bad(f"unknown loss_type '{config.loss_type}'; choose one of {', '.join(LOSSES)}{hint}")
+    try:
+        check_loss_kwargs(config.loss_type, config.loss_kwargs)
+    except ValueError as e:
+        bad(f"loss_kwargs: {e}")
+
+
+def validate_saferlhf(config: SafeRLHFConfig) -> None:
+    """The value checks of Safe RLHF's own settings."""
+    def bad(msg):
+        raise ConfigError(msg)
+
     if config.lambda_init < 0 or config.lambda_lr < 0:
         bad("lambda_init and lambda_lr must be >= 0 (lambda is a Lagrange multiplier)")
     if config.num_ppo_epochs < 1 or config.num_mini_batches < 1 or config.response_length < 1:
         bad("num_ppo_epochs, num_mini_batches and response_length must be >= 1")
     if config.temperature <= 0:
         bad(f"temperature must be > 0, got {config.temperature}")
-    if config.loss_type == SAFERLHF:
-        return
-    from safedpo.losses import (  # heavy (torch): keeps --help fast
-        LOSSES,
-        check_loss_kwargs,
-    )
-
-    if config.loss_type not in LOSSES:
-        bad(f"unknown loss_type '{config.loss_type}'; choose one of {', '.join(LOSSES)} "
-            f"(or {SAFERLHF}: Safe RLHF, with safedpo saferlhf)")
-    try:
-        check_loss_kwargs(config.loss_type, config.loss_kwargs)
-    except ValueError as e:
-        bad(f"loss_kwargs: {e}")
 
 
 # Keys that say where and how often a run reports and saves, not what it computes: a resumed
@@ -433,12 +478,12 @@ def resume_changes(old: dict[str, Any], new: TrainConfig) -> dict[str, tuple[Any
     """{key: (old value, new value)} of the settings that differ between a run's saved config
     (``old``, as read from its config.yaml) and the config resuming it, bookkeeping keys aside.
     A key the old config lacks (written by an older version) counts as its default."""
-    defaults = TrainConfig().to_dict()
+    defaults = type(new)().to_dict()
     changed = {}
     for key, value in new.to_dict().items():
         if key in BOOKKEEPING_KEYS:
             continue
-        before = coerce(key, old[key], "config.yaml") if key in old else defaults[key]
+        before = coerce(key, old[key], "config.yaml", type(new)) if key in old else defaults[key]
         if before != value:
             changed[key] = (before, value)
     return changed

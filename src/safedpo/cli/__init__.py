@@ -12,16 +12,13 @@ import sys
 
 from safedpo import __version__
 from safedpo.cli.common import HelpFormatter
+from safedpo.train.engines import ENGINES
 
-# name -> (module, one-line help). The module owns its arguments and its run().
+# name -> (module, one-line help). The module owns its arguments and its run(). The training
+# commands are the engines of safedpo.train.engines.ENGINES (their help comes from there).
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("safedpo.cli.data", "show what the safety transformation does to a dataset"),
-    "sft": ("safedpo.cli.train", "supervised fine-tuning: make the reference model"),
-    "train": ("safedpo.cli.train", "train a policy with SafeDPO, DPO or a baseline loss"),
-    "rm": ("safedpo.cli.train", "train a reward model (Bradley-Terry on better_response_id)"),
-    "cm": ("safedpo.cli.train", "train a cost model (safer_response_id + safety labels; "
-                                "cost > 0 = unsafe)"),
-    "saferlhf": ("safedpo.cli.train", "Safe RLHF: PPO-Lagrangian with a reward and a cost model"),
+    **{name: ("safedpo.cli.train", e.help) for name, e in ENGINES.items()},
     "sacpo": ("safedpo.cli.compare", "SACPO: DPO on helpfulness, then on harmlessness"),
     "sweep": ("safedpo.cli.compare", "train one method over several values of Delta"),
     "eval": ("safedpo.cli.evaluate", "generate answers for a prompt set and score them"),

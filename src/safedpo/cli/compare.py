@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from safedpo.config import ConfigError, add_config_options, args_layer
+from safedpo.config import ConfigError, SafeRLHFConfig, add_config_options, args_layer
 
 _EPILOG = {
     "compare": "example: safedpo compare --config configs/compare-tiny.yaml "
@@ -40,7 +40,10 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--max_prompts", type=int, default=None,
                             help="evaluate only the first N prompts")
     group = parser.add_argument_group("training options for every run")
-    add_config_options(group, prefix="train_", skip=_SKIP, show_defaults=False)
+    # Every engine's settings (SafeRLHFConfig holds TrainConfig's): each run takes the ones
+    # its engine reads.
+    add_config_options(group, cls=SafeRLHFConfig, prefix="train_", skip=_SKIP,
+                       show_defaults=False)
 
 
 def run(name: str, args: argparse.Namespace) -> int:
@@ -51,7 +54,8 @@ def run(name: str, args: argparse.Namespace) -> int:
     )
 
     try:
-        plan = load_plan(name, args.config, cli=args_layer(args, prefix="train_"),
+        cli = args_layer(args, prefix="train_", cls=SafeRLHFConfig)
+        plan = load_plan(name, args.config, cli=cli,
                          output_dir=args.output_dir, only=getattr(args, "methods", None),
                          deltas=getattr(args, "deltas", None),
                          prompts=getattr(args, "prompts", None),

@@ -1,23 +1,18 @@
-"""``safedpo train``, ``sft``, ``rm``, ``cm`` and ``saferlhf``: a YAML config plus one
-documented option per TrainConfig field, resolved by ``safedpo.config.resolve``."""
+"""``safedpo train``, ``sft``, ``rm``, ``cm`` and ``saferlhf``: the engines of
+``safedpo.train.engines.ENGINES``; a YAML config plus one documented option per field of the
+engine's settings type, resolved by ``safedpo.config.resolve``."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 
-from safedpo.config import (
-    SAFERLHF_FIELDS,
-    ConfigError,
-    add_config_options,
-    args_layer,
-    file_layer,
-    resolve,
-)
+from safedpo.config import (ConfigError, TrainConfig, add_config_options, args_layer,
+                            file_layer, resolve)
 from safedpo.data.types import DataError
 from safedpo.models.sources import MissingPackageError
+from safedpo.train.engines import engine, run_engine
 
 _EXAMPLES = {
     "train": "example: safedpo train --config configs/tiny-cpu.yaml "
@@ -33,11 +28,6 @@ _EXAMPLES = {
                 "(reward/cost models: --reward_model_path runs/rm/model --cost_model_path "
                 "runs/cm/model, or none to train both first)",
 }
-# command -> (module, function(config) -> train summary), imported when a run starts.
-_RUNNERS = {"sft": ("safedpo.train.loop", "sft"), "train": ("safedpo.train.loop", "train"),
-            "rm": ("safedpo.train.score_models", "train_reward_model"),
-            "cm": ("safedpo.train.score_models", "train_cost_model"),
-            "saferlhf": ("safedpo.train.ppo_lagrangian", "train")}
 
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
@@ -49,23 +39,20 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, metavar="YAML",
                         help="config file (e.g. configs/tiny-cpu.yaml); default: built-in "
                              "defaults (the paper's hyperparameters)")
-    add_config_options(parser, skip=() if name == "saferlhf" else SAFERLHF_FIELDS)
+    add_config_options(parser, cls=engine(name).settings)
 
 
-def config_from_args(args: argparse.Namespace):
-    """TrainConfig from ``--config`` and every option given on the command line."""
+def config_from_args(args: argparse.Namespace, cls: type = TrainConfig):
+    """``cls`` (an engine's settings) from ``--config`` and every option given on the command
+    line."""
     layers = [file_layer(args.config)] if args.config is not None else []
-    return resolve([*layers, args_layer(args)])
+    return resolve([*layers, args_layer(args, cls=cls)], cls)
 
 
 def run(name: str, args: argparse.Namespace) -> int:
-    # The engines import torch, transformers and accelerate: only when a run starts, so that
-    # `safedpo train --help` stays fast.
-    module, function = _RUNNERS[name]
-    runner = getattr(importlib.import_module(module), function)
     try:
-        config = config_from_args(args)
-        summary = runner(config)
+        config = config_from_args(args, engine(name).settings)
+        summary = run_engine(name, config)  # imports the engine (torch) only now
     except (ConfigError, DataError, OSError, MissingPackageError) as e:
         # OSError: a model or file that cannot be found/loaded (transformers' hub errors too)
         print(f"safedpo {name}: error: {e}", file=sys.stderr)

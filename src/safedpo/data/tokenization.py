@@ -1,6 +1,6 @@
 """Prompt + response -> token ids and a loss mask; padding into batch tensors.
 
-Conventions (pinned by tests/test_tokenization.py):
+Conventions (pinned by tests/data/test_tokenization.py):
 - the prompt text is already formatted (``safedpo.data.prompts.format_prompt``); the tokenizer's
   special prefix (e.g. Llama's BOS) is added once, unless the formatted text already has it;
 - the response gets EOS appended once (not if it already ends with EOS);

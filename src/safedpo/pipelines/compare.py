@@ -54,20 +54,20 @@ from accelerate import PartialState
 
 from safedpo.config import (
     BOOKKEEPING_KEYS,
-    FIELDS,
-    SAFERLHF,
     ConfigError,
     Layer,
+    SafeRLHFConfig,
+    check_config_keys,
     check_keys,
+    fields_of,
     parse_overrides,
     read_yaml,
     resolve,
 )
 from safedpo.evaluate import runner
 from safedpo.evaluate.report import ReportSection, write_report
-from safedpo.train import loop as engine
-from safedpo.train import ppo_lagrangian as saferlhf
 from safedpo.train.checkpoint import list_checkpoints, weights_fingerprint
+from safedpo.train.engines import engine, run_engine
 
 # evaluate() keyword arguments a config's `evaluation:` section may set.
 EVAL_KEYS = ("prompts", "scorers", "split", "prompt_column", "max_prompts", "world_seed",
@@ -119,14 +119,15 @@ class Stage:
     layers: list[Layer]
     run_dir: Path
     after: "Stage | None" = None
-    objective: str = "train"  # or "sft" (the demo's reference)
+    engine: str = "train"  # a name of safedpo.train.engines.ENGINES
 
     def config(self):
         forced: dict[str, Any] = {"output_dir": str(self.run_dir)}
         if self.after is not None:
             prev = str(self.after.run_dir / "model")
             forced.update(model_name_or_path=prev, ref_model_name_or_path=prev, gguf_file=None)
-        return resolve([*self.layers, Layer("set by safedpo compare", forced)])
+        return resolve([*self.layers, Layer("set by safedpo compare", forced)],
+                       engine(self.engine).settings)
 
 
 @dataclass
@@ -189,9 +190,14 @@ def _method(name: str, spec, where: str, near: Path | None, base: list[Layer], c
     if "config" not in spec:
         raise ConfigError(f"{where}: a method needs 'config: FILE' (a training config) or "
                           "'sacpo: FILE'")
+    name_of_engine = str(spec.pop("engine", "train"))
+    try:
+        settings = engine(name_of_engine).settings
+    except ConfigError as e:
+        raise ConfigError(f"{where}: engine: {e}") from None
     layers = [_file_layer(spec.pop("config"), near), *base, Layer(where, spec), cli]
-    check_keys(spec, FIELDS, where)  # at load time, before anything trains
-    return Method(name, [Stage(name, layers, out / name)])
+    check_config_keys(spec, settings, where, noun="key")  # at load time, before anything trains
+    return Method(name, [Stage(name, layers, out / name, engine=name_of_engine)])
 
 
 def _evaluation(data: dict, where: str, prompts: str | None, max_prompts: int | None):
@@ -219,12 +225,14 @@ def load_plan(command: str, config_path: str | Path, *, cli: Layer | None = None
     where = str(path)
     check_keys(data, _TOP[command], where)
     out = Path(output_dir or data.get("output_dir") or f"runs/{command}")
-    cli = cli or Layer("command line", parse_overrides(list(overrides)), typed_by_user=True)
+    cli = Layer("command line", (cli.values if cli else parse_overrides(list(overrides),
+                                                                        SafeRLHFConfig)),
+                typed_by_user=True, shared=True)
     if command == "sacpo":
         stages = _sacpo_stages(data, where, path, [], cli, out)
         return Plan(out, [Method("sacpo", stages, kind="sacpo")], evaluation=None,
                     reference=False)
-    base = [Layer(f"{where}: base", _mapping(data.get("base"), f"{where}: base"))]
+    base = [Layer(f"{where}: base", _mapping(data.get("base"), f"{where}: base"), shared=True)]
     if command == "sweep":
         values = deltas if deltas else data.get("deltas")
         if not values:
@@ -243,12 +251,24 @@ def load_plan(command: str, config_path: str | Path, *, cli: Layer | None = None
         specs = {n: specs[n] for n in only}
     methods = [_method(n, s, f"{where}: methods.{n}", path, base, cli, out)
                for n, s in specs.items()]
+    _check_shared_keys([*base, cli], methods)
     helpful = data.get("helpful")
     if helpful is not None and helpful not in {m.name for m in methods}:
         helpful = None  # e.g. --methods left it out: raw reward instead of the normalized scale
     return Plan(out, methods, evaluation=_evaluation(data, where, prompts, max_prompts),
                 reference=bool(data.get("reference", True)), helpful=helpful,
                 title=data.get("title") or ("SafeDPO over Delta" if command == "sweep" else None))
+
+
+def _check_shared_keys(layers: list[Layer], methods: list[Method]) -> None:
+    """A key of ``base`` or the command line that no method's engine reads is an error (e.g.
+    --kl_coef in a comparison without a Safe RLHF method), not silently nothing."""
+    settings = {engine(s.engine).settings for m in methods for s in m.stages}
+    for layer in layers:
+        for key in layer.values:
+            if not any(key in fields_of(cls) for cls in settings):
+                raise ConfigError(f"{layer.where}: '{key}' is read by no method of this "
+                                  "comparison (it is a setting of another engine)")
 
 
 def check_same_start(configs: dict[str, Any]) -> None:
@@ -279,11 +299,13 @@ def _path_fingerprint(value: str | None) -> str | None:
     return h.hexdigest()
 
 
-def train_key(config) -> dict:
-    """What the trained model depends on: the resolved config and the input files."""
-    cfg = {k: v for k, v in config.to_dict().items() if k not in BOOKKEEPING_KEYS}
+def train_key(config, engine_name: str = "train") -> dict:
+    """What the trained model depends on: the engine, the resolved config and the input
+    files."""
+    cfg = {"engine": engine_name,
+           **{k: v for k, v in config.to_dict().items() if k not in BOOKKEEPING_KEYS}}
     ref = config.ref_model_name_or_path
-    if config.loss_type == SAFERLHF:  # its reward/cost models are inputs too
+    if isinstance(config, SafeRLHFConfig):  # its reward/cost models are inputs too
         cfg["score_models"] = {k: _path_fingerprint(getattr(config, k))
                                for k in ("reward_model_path", "cost_model_path")}
     return {"config": cfg,
@@ -362,7 +384,7 @@ def train_stage(stage: Stage, *, force: bool = False, done: dict | None = None
     disk); a stage with the same key as another method's run (e.g. SACPO's stage 1 and
     DPO-HELPFUL) points at that run instead of training."""
     config = stage.config()
-    key = train_key(config)
+    key = train_key(config, stage.engine)
     digest = _digest(key)
     if done is not None and digest in done and done[digest] != stage.run_dir:
         summary = json.loads((done[digest] / "train_summary.json").read_text())
@@ -387,12 +409,7 @@ def train_stage(stage: Stage, *, force: bool = False, done: dict | None = None
         stage.run_dir.mkdir(parents=True, exist_ok=True)
         _write_key(stage.run_dir, key, STARTED_FILE)
     _state().wait_for_everyone()
-    if stage.objective == "sft":
-        summary = engine.sft(config)
-    elif config.loss_type == SAFERLHF:  # PPO-Lagrangian, not a preference loss: its own loop
-        summary = saferlhf.train(config)
-    else:
-        summary = engine.train(config)
+    summary = run_engine(stage.engine, config)
     if summary.get("interrupted"):
         raise KeyboardInterrupt(f"training of {stage.run_dir} was interrupted at step "
                                 f"{summary['global_step']} (checkpoint in "

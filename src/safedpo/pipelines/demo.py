@@ -69,7 +69,7 @@ from safedpo.world import World, exact
 METHODS = ("dpo_helpful", "dpo_harmless", "safedpo")
 POLICIES = ("reference",) + METHODS
 # The recipe: configs/demo.yaml of this repository.
-RECIPE_FILE = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+RECIPE_FILE = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
 
 LABELS = {"reference": "reference (SFT)", "dpo_helpful": "DPO-HELPFUL",
           "dpo_harmless": "DPO-HARMLESS", "safedpo": "SafeDPO", "optimum": "pi* (closed form)"}
@@ -136,7 +136,7 @@ def run_demo(*, seed: int = 0, output_dir: str | Path = "runs/demo", fast: bool 
     # 3. SFT -> reference
     _say("3/6", "SFT: the reference model")
     stage = Stage("sft", layers("sft", recipe["sft"], init, paths["sft"]), out / "sft",
-                  objective="sft")
+                  engine="sft")
     summaries = {"reference": train_stage(stage, force=True)[0]}
     reference = out / "sft" / "model"
 

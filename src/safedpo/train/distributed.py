@@ -63,7 +63,8 @@ def check(accelerator, request: Request) -> None:
                ("FSDP", False): "the installed accelerate turns a run into FSDP only on "
                                 "GPU-like devices, not on CPU; use DeepSpeed ZeRO-3 "
                                 "(configs/accelerate/cpu/zero3.yaml) or GPUs"}.get(
-            (request.kind, parse_flag_from_env("ACCELERATE_USE_CPU")), "check the accelerate config")
+            (request.kind, parse_flag_from_env("ACCELERATE_USE_CPU")),
+            "check the accelerate config")
         raise ConfigError(f"the launcher asked for {asked} but accelerate resolved {got}: {why}")
     if accelerator.num_processes != request.num_processes:
         raise ConfigError(

@@ -19,10 +19,11 @@ One run, top to bottom (``run_objective``):
    so a resumed run needs only the step number to continue on exactly the same batches. A
    micro-batch of B pairs is ONE forward over 2B rows (chosen rows, then rejected rows);
    loss = LOSSES[loss_type](...).mean() (+ rpo_alpha * chosen NLL).
-6. Every ``logging_steps``: metrics are summed across processes (the only host syncs), written
-   to metrics.jsonl and trackers; a non-finite loss stops the run with an error (the last
-   checkpoint is kept). Every ``save_steps``: a checkpoint, after checking that the weights
-   and optimizer state are finite (a finite loss does not prove its update was).
+6. Around each step, ``safedpo.train.driver.StepDriver`` (shared with the PPO-Lagrangian
+   loop): every ``logging_steps`` metrics are summed across processes (the only host syncs)
+   and written to metrics.jsonl and trackers; a non-finite loss stops the run with an error
+   (the last checkpoint is kept). Every ``save_steps``: a checkpoint, after checking that the
+   weights and optimizer state are finite (a finite loss does not prove its update was).
    SIGINT/SIGTERM: a checkpoint, then return (``summary["interrupted"]`` is True).
 7. ``model/`` (full model or LoRA adapter, safetensors, + tokenizer) and train_summary.json
    (with what really ran: ``"distributed": {"type": "DEEPSPEED", "zero_stage": 3, ...}``).
@@ -31,7 +32,6 @@ One run, top to bottom (``run_objective``):
 from __future__ import annotations
 
 import functools
-import json
 import math
 import time
 from typing import Any, Callable
@@ -39,29 +39,23 @@ from typing import Any, Callable
 import torch
 from accelerate.utils import set_seed
 from torch.distributed.tensor import DTensor
-from tqdm.auto import tqdm
 
-from safedpo.config import SAFERLHF, ConfigError, TrainConfig, validate
+from safedpo.config import TrainConfig, validate
 from safedpo.data import DataError, load_pairs, load_sft_examples, require_pairs
-from safedpo.train import checkpoint as ckpt
 from safedpo.train import distributed
+from safedpo.train.driver import StepDriver
+from safedpo.train.engines import check_settings
 from safedpo.train.objectives import PreferenceObjective, RunContext, SFTObjective
 from safedpo.train.runtime import (
-    MetricSums,
-    StopOnSignal,
     check_models,
     check_output_dir,
     end_run,
     fill_deepspeed_config,
-    flat_config,
     hold_output_dir,
-    log_metrics,
     make_accelerator,
     make_optimizer,
     prepare_output_dir,
-    raise_if_nonfinite,
     require,
-    resume_state,
     save_model,
     to_device,
 )
@@ -73,10 +67,8 @@ def train(config: TrainConfig, pairs=None, *, callbacks: list[Callback] = ()) ->
     """Preference training with ``LOSSES[config.loss_type]``. ``pairs``: list of SafetyPair,
     or None to load ``config.dataset`` with ``config.view``. Returns the train summary.
     ``callbacks`` are called with each logged metrics dict (on every process)."""
+    check_settings("train", config)
     validate(config)  # a config built in code is checked as a resolved one is
-    if config.loss_type == SAFERLHF:
-        raise ConfigError("loss_type saferlhf is PPO-Lagrangian: run it with safedpo saferlhf "
-                          "(safedpo.train.ppo_lagrangian.train), not safedpo train")
     pairs, stats = config_pairs(config) if pairs is None else (pairs, None)
     return run_objective(config, PreferenceObjective(config), list(pairs), stats, callbacks)
 
@@ -96,6 +88,7 @@ def config_pairs(config: TrainConfig) -> tuple[list, dict]:
 def sft(config: TrainConfig, examples=None, *, callbacks: list[Callback] = ()) -> dict:
     """Supervised fine-tuning (mean NLL of response tokens). ``examples``: list of
     (prompt, response), or None to load ``config.dataset``. Returns the train summary."""
+    check_settings("sft", config)
     validate(config)
     if examples is None:
         require(config.dataset, "dataset")
@@ -141,23 +134,16 @@ def run_objective(config: TrainConfig, objective, data: list, data_stats,
         t_train = time.time()
         objective.prepare(run)  # before resuming: the policy still has its initial weights
 
-        state = {"global_step": 0, "train_seconds": 0.0, "num_tokens": 0} if resume is None \
-            else resume_state(accelerator, out, resume)
-        if config.report_to:
-            accelerator.init_trackers(out.name, config=flat_config(config.to_dict()))
-
-        sums = MetricSums()
-        bad_step = torch.tensor(-1, device=accelerator.device)  # first step with a non-finite loss
-        last: dict = {}
-        interrupted = False
-        bar = tqdm(total=total_steps, initial=state["global_step"], desc=objective.name,
-                   disable=config.disable_tqdm or not accelerator.is_main_process)
-        session_tokens, t_loop = 0, time.time()
-        model.train()
-        with StopOnSignal() as stop:
-            for step in range(state["global_step"], total_steps):
+        initial = {"global_step": 0, "train_seconds": 0.0, "num_tokens": 0}
+        with StepDriver(config, accelerator, out, resume, name=objective.name,
+                        total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                        initial=initial, callbacks=callbacks, t_start=t_train,
+                        postfix=lambda last: f"tok/s={driver.tokens_per_second():.0f}" + (
+                            f" loss={last['loss']:.4f}" if "loss" in last else "")) as driver:
+            model.train()
+            for step in driver.steps():
                 indices = batch_indices(len(items), step, steps_per_epoch, global_batch,
-                                         config.seed)
+                                        config.seed)
                 for micro in range(accum):
                     lo = (micro * nproc + rank) * per_device
                     local = indices[lo:lo + per_device]
@@ -176,53 +162,17 @@ def run_objective(config: TrainConfig, objective, data: list, data_stats,
                                 stats["grad_norm"] = (torch.as_tensor(norm).float(), 1)
                         optimizer.step()  # a no-op until the last micro-batch
                         optimizer.zero_grad()
-                    sums.add(stats)
-                    bad_step = torch.where(~torch.isfinite(loss.detach()) & (bad_step < 0),
-                                           step + 1, bad_step)
-                    session_tokens += batch["num_tokens"] * nproc  # a python int: no sync
+                    driver.record(stats, loss, step, tokens=batch["num_tokens"] * nproc)
                 lr = scheduler.get_last_lr()[0]  # the rate this step used
                 scheduler.step()
-                gs = state["global_step"] = step + 1
-                bar.update(1)
-                bar.set_postfix_str(
-                    f"tok/s={session_tokens / max(time.time() - t_loop, 1e-9):.0f}"
-                    + (f" loss={last['loss']:.4f}" if "loss" in last else ""), refresh=False)
-                stopping = stop.requested(accelerator)
-                if gs % config.logging_steps == 0 or gs == total_steps or stopping:
-                    raise_if_nonfinite(bad_step, accelerator, out)
-                    last = {"step": gs, "epoch": round(gs / steps_per_epoch, 4),
-                            "learning_rate": lr,
-                            "num_tokens": state["num_tokens"] + session_tokens,
-                            **sums.reduce(accelerator)}
-                    log_metrics(last, out, accelerator, config, callbacks)
-                    stopping = stopping or stop.requested(accelerator)  # a callback may signal
-                if stopping or (config.save_steps > 0 and gs % config.save_steps == 0
-                                and gs < total_steps):
-                    raise_if_nonfinite(bad_step, accelerator, out, model, optimizer, gs)
-                    now = time.time()
-                    saved = {**state, "train_seconds": state["train_seconds"] + now - t_train,
-                             "num_tokens": state["num_tokens"] + session_tokens}
-                    ckpt.save_checkpoint(accelerator, out, saved, config.save_total_limit)
-                if stopping:
-                    interrupted = True
+                if driver.end_step(step, {"learning_rate": lr, "num_tokens": driver.num_tokens},
+                                   model, optimizer):
                     break
-        bar.close()
-        raise_if_nonfinite(bad_step, accelerator, out, model, optimizer, state["global_step"])
-        state["train_seconds"] += time.time() - t_train
-        state["num_tokens"] += session_tokens
-        if not interrupted:
+        driver.finish(model, optimizer)
+        if not driver.interrupted:
             save_model(accelerator, model, tokenizer, out, config)
-        summary = {"train_seconds": state["train_seconds"],
-                   "total_seconds": time.time() - t_begin,
-                   "global_step": state["global_step"], "max_steps": total_steps,
-                   "num_tokens": state["num_tokens"], "interrupted": interrupted,
-                   "final": last, "num_examples": len(items), "steps_per_epoch": steps_per_epoch,
-                   "output_dir": str(out), "distributed": ran,
-                   "model_dir": None if interrupted else str(out / "model"), "data": data_stats}
-        if accelerator.is_main_process:
-            (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        accelerator.wait_for_everyone()
-        return summary
+        return driver.write_summary(driver.summary(
+            t_begin, num_examples=len(items), distributed=ran, data=data_stats))
     finally:
         if lock is not None:
             lock.close()

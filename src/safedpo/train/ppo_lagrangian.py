@@ -56,10 +56,10 @@ import yaml
 from accelerate import PartialState
 from accelerate.utils import set_seed
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from safedpo.config import SAFERLHF, ConfigError, TrainConfig, coerce
+from safedpo.config import (ConfigError, SafeRLHFConfig, TrainConfig, coerce, fields_of,
+                            validate)
 from safedpo.data import DataError, load_rows
 from safedpo.data.prompts import format_prompt
 from safedpo.data.tokenization import encode_prompt
@@ -70,26 +70,21 @@ from safedpo.evaluate.scorers import (
 )
 from safedpo.logprobs import token_logps
 from safedpo.models.loading import load_model_and_tokenizer
-from safedpo.train import checkpoint as ckpt
 from safedpo.train import distributed
+from safedpo.train.driver import StepDriver
+from safedpo.train.engines import check_settings
 from safedpo.train.loop import batch_indices
 from safedpo.train.runtime import (
-    MetricSums,
-    StopOnSignal,
     check_models,
     check_output_dir,
     disable_dropout,
     end_run,
-    flat_config,
     hold_output_dir,
     load_policy,
-    log_metrics,
     make_accelerator,
     make_optimizer,
     prepare_output_dir,
-    raise_if_nonfinite,
     require,
-    resume_state,
     save_model,
 )
 from safedpo.train.score_models import train_score_model
@@ -200,7 +195,7 @@ class PolicyAndCritic(nn.Module):
         return logps, values
 
 
-def _load_critic(config: TrainConfig) -> ValueModel:
+def _load_critic(config: SafeRLHFConfig) -> ValueModel:
     lm, _ = load_model_and_tokenizer(config.model_name_or_path,
                                      trust_remote_code=config.trust_remote_code,
                                      gguf_file=config.gguf_file, dtype=config.dtype)
@@ -210,7 +205,7 @@ def _load_critic(config: TrainConfig) -> ValueModel:
     return critic
 
 
-def _make_scorer(path: str, kind: str, config: TrainConfig, device):
+def _make_scorer(path: str, kind: str, config: SafeRLHFConfig, device):
     if path == "oracle":
         return (OracleRewardScorer if kind == "reward" else OracleCostScorer)()
     return load_model_scorer(path, kind, batch_size=max(config.per_device_train_batch_size, 8),
@@ -238,7 +233,7 @@ def answer_mask(response: torch.Tensor, eos_id: int) -> torch.Tensor:
 
 @torch.no_grad()
 def rollout(model, reference, tokenizer, prompts: list[str], prompt_ids: list[list[int]],
-            scorers, config: TrainConfig, device, counts: dict) -> dict:
+            scorers, config: SafeRLHFConfig, device, counts: dict) -> dict:
     """Sample one answer per prompt and score it. -> tensors of the batch (see the keys)."""
     c = config
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
@@ -270,7 +265,7 @@ def rollout(model, reference, tokenizer, prompts: list[str], prompt_ids: list[li
             "reward": reward, "cost": cost, "ended": ended}
 
 
-def _reference_forward(config: TrainConfig, unwrapped, device):
+def _reference_forward(config: SafeRLHFConfig, unwrapped, device):
     """(seq, attn, pos, start) -> reference log-probs of the answer tokens (B, R)."""
     if config.use_peft:
         policy = unwrapped.policy
@@ -293,7 +288,7 @@ def _reference_forward(config: TrainConfig, unwrapped, device):
 
 # --- the run ----------------------------------------------------------------------------------
 
-def _score_models(config: TrainConfig, out: Path, resuming: bool) -> tuple[dict, dict]:
+def _score_models(config: SafeRLHFConfig, out: Path, resuming: bool) -> tuple[dict, dict]:
     """Reward/cost model paths, training the ones not given. -> (paths, summaries)."""
     paths, summaries = {}, {}
     for kind in ("reward", "cost"):
@@ -309,9 +304,9 @@ def _score_models(config: TrainConfig, out: Path, resuming: bool) -> tuple[dict,
             # their overrides say otherwise.
             values = {"max_steps": -1, **{k: coerce(k, v, "score_model_overrides")
                                           for k, v in config.score_model_overrides.items()}}
-            sub = dataclasses.replace(config, output_dir=str(run_dir), overwrite_output_dir=True,
-                                      resume_from_checkpoint=None, use_peft=False,
-                                      loss_type="dpo", **values)
+            shared = TrainConfig(**{k: getattr(config, k) for k in fields_of(TrainConfig)})
+            sub = dataclasses.replace(shared, output_dir=str(run_dir), overwrite_output_dir=True,
+                                      resume_from_checkpoint=None, use_peft=False, **values)
             summary = train_score_model(sub, kind)
         paths[kind], summaries[kind] = str(run_dir / "model"), summary
     return paths, summaries
@@ -326,10 +321,11 @@ def _score_model_passes(summary: dict) -> dict:
     return {"forward": rows, "backward": rows}
 
 
-def train(config: TrainConfig, *, callbacks=()) -> dict:
+def train(config: SafeRLHFConfig, *, callbacks=()) -> dict:
     """PPO-Lagrangian from ``model_name_or_path`` on the prompts of ``dataset``; -> the train
     summary (``train_seconds`` includes the reward/cost models it trained)."""
-    config = dataclasses.replace(config, loss_type=SAFERLHF)
+    check_settings("saferlhf", config)
+    validate(config)  # a config built in code is checked as a resolved one is
     require(config.dataset, "dataset")
     # Settings checks come before the previous run is replaced and the score models trained.
     b = config.per_device_train_batch_size
@@ -349,7 +345,7 @@ def train(config: TrainConfig, *, callbacks=()) -> dict:
             lock.close()
 
 
-def _train(config: TrainConfig, callbacks) -> dict:
+def _train(config: SafeRLHFConfig, callbacks) -> dict:
     resume = check_output_dir(config)  # again: no other run can change the dir now
     t_begin = time.time()
     rows = load_rows(config.dataset, split=config.dataset_split, config_name=config.dataset_config,
@@ -381,20 +377,16 @@ def _train(config: TrainConfig, callbacks) -> dict:
                         for k in ("reward", "cost"))
         for scorer in scorers:
             scorer.check(prompts)
-        t_train = time.time()
-        state = {"global_step": 0, "train_seconds": 0.0, "num_tokens": 0, "episode": 0,
-                 "lagrange": config.lambda_init,
-                 "passes": {"forward": 0, "backward": 0, "generated_tokens": 0}}
-        if resume is not None:
-            state = resume_state(accelerator, out, resume)
-        if config.report_to:
-            accelerator.init_trackers(out.name, config=flat_config(config.to_dict()))
-        sums, last, interrupted = MetricSums(), {}, False
-        bad_step = torch.tensor(-1, device=accelerator.device)
-        bar = tqdm(total=total_steps, initial=state["global_step"], desc="saferlhf",
-                   disable=config.disable_tqdm or not accelerator.is_main_process)
-        with StopOnSignal() as stop:
-            for step in range(state["global_step"], total_steps):
+        initial = {"global_step": 0, "train_seconds": 0.0, "num_tokens": 0, "episode": 0,
+                   "lagrange": config.lambda_init,
+                   "passes": {"forward": 0, "backward": 0, "generated_tokens": 0}}
+        with StepDriver(config, accelerator, out, resume, name="saferlhf",
+                        total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                        initial=initial, callbacks=callbacks,
+                        postfix=lambda last: f"cost={last['cost/mean']:.3f} "
+                        f"lambda={last['lagrange/lambda']:.3f}" if last else "") as driver:
+            state = driver.state
+            for step in driver.steps():
                 indices = batch_indices(len(prompts), step, steps_per_epoch, b * nproc,
                                         config.seed)[rank * b:(rank + 1) * b]
                 roll = rollout(unwrapped, reference, tokenizer, [prompts[i] for i in indices],
@@ -406,67 +398,34 @@ def _train(config: TrainConfig, callbacks) -> dict:
                                                   config.lambda_max)
                 stats = _ppo_update(model, optimizer, scheduler, accelerator, roll, config,
                                     state["lagrange"], step, state["passes"])
-                loss = stats.pop("_loss")
-                sums.add(stats)
-                bad_step = torch.where(~torch.isfinite(loss) & (bad_step < 0), step + 1,
-                                       bad_step)
+                driver.record(stats, stats.pop("_loss"), step,
+                              tokens=int(roll["attn"].sum()) * nproc)
                 state["episode"] += b * nproc
-                state["num_tokens"] += int(roll["attn"].sum()) * nproc
-                gs = state["global_step"] = step + 1
-                bar.update(1)
-                stopping = stop.requested(accelerator)
-                if gs % config.logging_steps == 0 or gs == total_steps or stopping:
-                    raise_if_nonfinite(bad_step, accelerator, out)
-                    last = {"step": gs, "epoch": round(gs / steps_per_epoch, 4),
-                            "episode": state["episode"],
-                            "learning_rate": scheduler.get_last_lr()[0],
-                            "lagrange/lambda": state["lagrange"], **sums.reduce(accelerator)}
-                    log_metrics(last, out, accelerator, config, callbacks)
-                    stopping = stopping or stop.requested(accelerator)  # a callback may signal
-                    bar.set_postfix_str(f"cost={last['cost/mean']:.3f} "
-                                        f"lambda={state['lagrange']:.3f}", refresh=False)
-                if stopping or (config.save_steps > 0 and gs % config.save_steps == 0
-                                and gs < total_steps):
-                    raise_if_nonfinite(bad_step, accelerator, out, model, optimizer, gs)
-                    ckpt.save_checkpoint(accelerator, out, {
-                        **state, "train_seconds": state["train_seconds"] + time.time() - t_train},
-                        config.save_total_limit)
-                if stopping:
-                    interrupted = True
+                head = {"episode": state["episode"], "learning_rate": scheduler.get_last_lr()[0],
+                        "lagrange/lambda": state["lagrange"]}
+                if driver.end_step(step, head, model, optimizer):
                     break
-        bar.close()
-        raise_if_nonfinite(bad_step, accelerator, out, model, optimizer, state["global_step"])
-        state["train_seconds"] += time.time() - t_train
-        if not interrupted:
+        state = driver.finish(model, optimizer)
+        if not driver.interrupted:
             save_model(accelerator, unwrapped.policy, tokenizer, out, config)
         passes = dict(state["passes"])
         for run in score_runs.values():
             for k, v in _score_model_passes(run).items():
                 passes[k] += v
-        summary = {"train_seconds": state["train_seconds"] + sum(
-                       r["train_seconds"] for r in score_runs.values()),
-                   "ppo_seconds": state["train_seconds"],
-                   "total_seconds": time.time() - t_begin,
-                   "global_step": state["global_step"], "max_steps": total_steps,
-                   "num_tokens": state["num_tokens"], "interrupted": interrupted,
-                   "final": last, "lagrange": state["lagrange"], "num_prompts": len(prompts),
-                   "steps_per_epoch": steps_per_epoch, "passes": passes,
-                   "ppo_passes": state["passes"], "output_dir": str(out),
-                   "model_dir": None if interrupted else str(out / "model"),
-                   "reward_model": model_paths["reward"], "cost_model": model_paths["cost"],
-                   "score_models": {k: {"train_seconds": r["train_seconds"],
-                                        "global_step": r["global_step"],
-                                        "output_dir": r["output_dir"]}
-                                    for k, r in score_runs.items()}}
-        if accelerator.is_main_process:
-            (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        accelerator.wait_for_everyone()
-        return summary
+        return driver.write_summary(driver.summary(
+            t_begin, train_seconds=state["train_seconds"] + sum(
+                r["train_seconds"] for r in score_runs.values()),
+            ppo_seconds=state["train_seconds"], lagrange=state["lagrange"],
+            num_prompts=len(prompts), passes=passes, ppo_passes=state["passes"],
+            reward_model=model_paths["reward"], cost_model=model_paths["cost"],
+            score_models={k: {"train_seconds": r["train_seconds"],
+                              "global_step": r["global_step"], "output_dir": r["output_dir"]}
+                          for k, r in score_runs.items()}))
     finally:
         end_run(accelerator)
 
 
-def _ppo_update(model, optimizer, scheduler, accelerator, roll: dict, config: TrainConfig,
+def _ppo_update(model, optimizer, scheduler, accelerator, roll: dict, config: SafeRLHFConfig,
                 lagrange: float, step: int, counts: dict) -> dict:
     """Advantages of the rollout, then num_ppo_epochs x num_mini_batches optimizer steps.
     -> metric sums for ``MetricSums`` (plus ``_loss``, the last loss, for the finite check)."""

@@ -28,6 +28,7 @@ from safedpo.evaluate.scorers import conversation_ids
 from safedpo.models.loading import resolve_dtype
 from safedpo.models.sources import resolve_model_source, run_model_dir
 from safedpo.train.loop import config_pairs, run_objective
+from safedpo.train.engines import check_settings
 from safedpo.train.objectives import Objective
 from safedpo.train.runtime import disable_dropout
 
@@ -143,6 +144,7 @@ class ScoreModelObjective(Objective):
 def train_score_model(config: TrainConfig, kind: str, pairs=None, *, callbacks=()) -> dict:
     """Train a reward (``kind="reward"``) or cost (``"cost"``) model; -> the train summary.
     ``pairs``: SafetyPairs of the right view, or None to load ``config.dataset``."""
+    check_settings({"reward": "rm", "cost": "cm"}[kind], config)
     config = dataclasses.replace(config, view=VIEWS[kind])
     validate(config)  # a config built in code is checked as a resolved one is
     pairs, stats = config_pairs(config) if pairs is None else (pairs, None)

@@ -1,0 +1,105 @@
+"""Bad input to `safedpo train`: each case is one line `safedpo train: error: ...` naming what
+is wrong (and how to fix it), exit code 2, no traceback, and a previous run in the output dir
+left untouched, even with --overwrite_output_dir true (everything is checked before a file of
+the previous run is deleted or a model loads)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import tiny_model
+
+from safedpo.cli import main
+
+ROW = {"prompt": "how do I pick a lock", "response_0": "use a tension wrench",
+       "response_1": "I cannot help with that", "better_response_id": 0, "safer_response_id": 1,
+       "is_response_0_safe": False, "is_response_1_safe": True}
+BOTH_UNSAFE = {**ROW, "is_response_1_safe": False}
+
+# (case id, extra arguments ({tmp} = the test's folder), facts the message must contain)
+CASES = [
+    ("view", ["--view", "nonsense"], ["view", "'nonsense'", "safedpo", "harmless"]),
+    ("not-yaml", ["--config", "{tmp}/bad.yaml"], ["bad.yaml", "not a YAML file", "line 2"]),
+    ("column-map", ["--column_map", "{promptt: q}"],
+     ["column_map", "'promptt'", "did you mean prompt"]),
+    ("pkg-source", ["--model_name_or_path", "pkg://a.b/x"], ["pkg://a.b/x", "pkg://"]),
+    ("dtype", ["--dtype", "int8"], ["dtype", "'int8'", "bfloat16"]),
+    ("lr-negative", ["--learning_rate", "-0.003"], ["learning_rate must be > 0", "-0.003"]),
+    ("lr-zero", ["--learning_rate", "0"], ["learning_rate must be > 0", "0.0"]),
+    ("no-config-json", ["--model_name_or_path", "{tmp}/empty_model"],
+     ["empty_model", "config.json"]),
+    ("bso-kwargs", ["--loss_type", "bso_sba", "--loss_kwargs", "{foo: 1}"],
+     ["loss_kwargs", "'foo'", "bso_sba", "lam"]),
+    ("dpo-kwargs", ["--loss_type", "dpo", "--loss_kwargs", "{foo: 1}"],
+     ["loss_kwargs", "'foo'", "'dpo'", "takes none"]),
+    ("safedpo-kwargs", ["--loss_kwargs", "{foo: 1}"], ["loss_kwargs", "'foo'", "'safedpo'"]),
+    ("all-both-unsafe", ["--dataset", "{tmp}/both_unsafe.jsonl"],
+     ["both_unsafe.jsonl", "3 rows", "two unsafe responses", "--keep_both_unsafe", "--view"]),
+    ("missing-model", ["--model_name_or_path", "{tmp}/no_such_model"],
+     ["no_such_model", "not found"]),
+]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad")
+    model = tiny_model(tmp)
+    (tmp / "train.jsonl").write_text(json.dumps(ROW) + "\n")
+    (tmp / "both_unsafe.jsonl").write_text((json.dumps(BOTH_UNSAFE) + "\n") * 3)
+    (tmp / "bad.yaml").write_text("beta: 0.1\n  delta: [1\n")
+    (tmp / "empty_model").mkdir()
+    (tmp / "empty_model" / "model.safetensors").write_bytes(b"")
+    return tmp, model
+
+
+def previous_run(out: Path) -> dict[str, bytes]:
+    """A finished run's files in ``out``; -> {relative path: content}."""
+    files = {"metrics.jsonl": b'{"step": 1, "loss": 0.5}\n', "train_summary.json": b"{}",
+             "model/config.json": b"{}", "config.yaml": b"beta: 0.1\n"}
+    for name, data in files.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(data)
+    return files
+
+
+@pytest.mark.parametrize("extra,facts", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_keeps_the_previous_run(setup, tmp_path, capsys,
+                                                                  extra, facts):
+    tmp, model = setup
+    out = tmp_path / "run"
+    files = previous_run(out)
+    argv = ["train", "--model_name_or_path", model, "--dataset", str(tmp / "train.jsonl"),
+            "--output_dir", str(out), "--overwrite_output_dir", "true", "--max_steps", "1",
+            "--disable_tqdm", "true", *[a.replace("{tmp}", str(tmp)) for a in extra]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("safedpo train: error: "), err
+    for fact in facts:
+        assert fact in lines[0], (fact, lines[0])
+    assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == set(files)
+    for name, data in files.items():
+        assert (out / name).read_bytes() == data, name
+
+
+def test_a_model_that_fails_to_load_leaves_the_previous_run(setup, tmp_path, capsys,
+                                                            monkeypatch):
+    """The previous run's files go only once the new model and data have loaded."""
+    import safedpo.train.objectives
+
+    def broken(config):
+        raise OSError(f"could not load model '{config.model_name_or_path}'")
+
+    monkeypatch.setattr(safedpo.train.objectives, "load_policy", broken)
+    tmp, model = setup
+    out = tmp_path / "run"
+    files = previous_run(out)
+    assert main(["train", "--model_name_or_path", model, "--dataset", str(tmp / "train.jsonl"),
+                 "--output_dir", str(out), "--overwrite_output_dir", "true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"safedpo train: error: could not load model '{model}'"
+    for name, data in files.items():
+        assert (out / name).read_bytes() == data, name
