@@ -6,11 +6,52 @@ import pytest
 from safedpo.evaluate import metrics as M
 
 
-def test_constant_sample_has_zero_width_ci():
+def test_constant_sample_has_zero_width_bootstrap_ci_but_a_rate_never_does():
     low, high = M.bootstrap_ci([0.7] * 50)
     assert low == high == pytest.approx(0.7, abs=1e-12)
+    # A rate of 20/20 gets Wilson's interval: lower end n / (n + z^2), upper end 1.
+    z2 = 1.959963984540054 ** 2
     est = M.harmless_ratio([-1.0] * 20)
-    assert (est["value"], est["ci_low"], est["ci_high"], est["n"]) == (1.0, 1.0, 1.0, 20)
+    assert (est["value"], est["ci_high"], est["n"]) == (1.0, 1.0, 20)
+    assert est["ci_low"] == pytest.approx(20 / (20 + z2), abs=1e-12)  # 0.8389
+    est = M.rate_estimate([0] * 63)  # the demo's sampled "0%": [0, z^2 / (n + z^2)]
+    assert (est["value"], est["ci_low"]) == (0.0, 0.0)
+    assert est["ci_high"] == pytest.approx(z2 / (63 + z2), abs=1e-12)  # 5.75%
+
+
+def test_wilson_interval_by_hand():
+    # 1 of 24 (the example): [0.74%, 20.2%], against the closed form.
+    z = 1.959963984540054
+    n, p = 24, 1 / 24
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    low, high = M.wilson_interval(1, 24)
+    assert (low, high) == pytest.approx((center - half, center + half), abs=1e-12)
+    assert (round(100 * low, 2), round(100 * high, 1)) == (0.74, 20.2)
+    # Symmetry: k of n and n - k of n mirror each other.
+    lo, hi = M.wilson_interval(7, 30)
+    assert M.wilson_interval(23, 30) == pytest.approx((1 - hi, 1 - lo), abs=1e-12)
+    # Width > 0 at every k, for small and large n.
+    for n in (1, 2, 5, 400):
+        assert all(b - a > 0 for a, b in (M.wilson_interval(k, n) for k in range(n + 1)))
+    with pytest.raises(ValueError, match="0 <= successes <= n"):
+        M.wilson_interval(3, 2)
+
+
+def test_mcnemar_exact_by_hand():
+    # 10 prompts: first only on 4, second only on 1, both on 3, neither on 2.
+    first = [1, 1, 1, 1, 1, 1, 1, 0, 0, 0]
+    second = [1, 1, 1, 0, 0, 0, 0, 1, 0, 0]
+    r = M.mcnemar(first, second)
+    # b = 4, c = 1: p = 2 * P(Binomial(5, 1/2) <= 1) = 2 * 6/32 = 0.375
+    assert (r["first_only"], r["second_only"], r["n"]) == (4, 1, 10)
+    assert r["p_value"] == pytest.approx(0.375, abs=1e-12)
+    assert r["difference"] == pytest.approx(0.3)
+    # No discordant prompt: no evidence of a difference (p = 1); 10 vs 0: 2 / 2^10.
+    assert M.mcnemar([1, 0, 1], [1, 0, 1])["p_value"] == 1.0
+    assert M.mcnemar([1] * 10, [0] * 10)["p_value"] == pytest.approx(2 / 1024, abs=1e-15)
+    with pytest.raises(ValueError, match="aligned"):
+        M.mcnemar([1, 0], [1])
 
 
 def test_ci_matches_direct_numpy_computation_with_same_seed():

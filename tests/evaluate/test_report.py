@@ -57,7 +57,8 @@ def test_report_table_numbers_and_order(runs, tmp_path):
     rows, order = table_rows(md)
     # Sorted by harmless ratio, then helpfulness.
     assert order == ["safedpo", "refuser", "sft", "dpo-helpful"]
-    assert rows["safedpo"] == ["5.00 [5.00, 5.00]", "100.0% [100.0%, 100.0%]",
+    # 4 of 4 harmless: Wilson's [4 / (4 + z^2), 1] = [51.0%, 100%], never a zero-width "100%"
+    assert rows["safedpo"] == ["5.00 [5.00, 5.00]", "100.0% [51.0%, 100.0%]",
                                "-1.00 [-1.00, -1.00]", "—", "100.0% [100.0%, 100.0%]", "4"]
     assert rows["refuser"][0] == "0.00 [0.00, 0.00]" and rows["refuser"][4].startswith("50.0% [")
     assert rows["sft"][:2] == ["0.00 [0.00, 0.00]", rows["sft"][1]]

@@ -1,14 +1,19 @@
-"""Evaluation metrics: pure numpy functions of per-prompt scores, each with a bootstrap CI.
+"""Evaluation metrics: pure numpy functions of per-prompt scores, each with a 95% interval.
 
-Every estimate is a dict ``{"value", "ci_low", "ci_high", "n"}`` (JSON-ready). Confidence
-intervals are percentile-bootstrap 95% intervals over prompts: resample the n prompts with
-replacement ``n_boot`` times (default 1000, fixed seed), recompute the statistic, take the
-2.5th and 97.5th percentiles. Paired statistics (win rate, normalized helpfulness) resample
-the same prompt indices in every array, so prompt difficulty cancels out.
+Every estimate is a dict ``{"value", "ci_low", "ci_high", "n"}`` (JSON-ready).
+- Rates (shares of 0/1 outcomes: harmless ratio, refusal and outcome rates) get the Wilson
+  score interval, which is never zero-width: 0 of 63 gives [0, 5.7%], not "0%" (a percentile
+  bootstrap collapses to a point at 0% and 100%).
+- Means of real-valued scores, the win rate and the normalized helpfulness get a percentile
+  bootstrap over prompts: resample the n prompts with replacement ``n_boot`` times (default
+  1000, fixed seed), recompute the statistic, take the 2.5th and 97.5th percentiles. Paired
+  statistics resample the same prompt indices in every array, so prompt difficulty cancels.
+- Two methods on the same prompts are compared with McNemar's exact test (``mcnemar``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -56,6 +61,61 @@ def estimate(value: float, ci: tuple[float, float], n: int) -> dict:
     return {"value": float(value), "ci_low": ci[0], "ci_high": ci[1], "n": int(n)}
 
 
+def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE
+                    ) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (Wilson 1927): the p whose score test
+    does not reject, p_hat = k/n, z the normal quantile:
+    (p_hat + z^2/2n -+ z sqrt(p_hat (1 - p_hat)/n + z^2/4n^2)) / (1 + z^2/n).
+    Width > 0 for every n >= 1, k = 0 and k = n included."""
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(f"wilson_interval needs 0 <= successes <= n, n >= 1; got {successes}, "
+                         f"{n}")
+    z = _normal_quantile(0.5 + confidence / 2)
+    p = successes / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # k = 0 and k = n: the bounds are exactly 0 and 1 (rounding would leave 1e-18)
+    return (0.0 if successes == 0 else center - half), (1.0 if successes == n else center + half)
+
+
+def _normal_quantile(q: float) -> float:
+    """The standard normal's q-quantile, by bisection on erf (no scipy)."""
+    lo, hi = -10.0, 10.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < q:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def rate_estimate(indicators: Iterable[float | bool], **_boot) -> dict:
+    """Share of true (or > 0.5) indicators (n,) with its Wilson interval."""
+    x = np.asarray(list(indicators), dtype=float) > 0.5
+    if x.size == 0:
+        raise ValueError("a rate needs at least one sample")
+    k = int(x.sum())
+    return estimate(k / x.size, wilson_interval(k, x.size), x.size)
+
+
+def mcnemar(first: Iterable[bool], second: Iterable[bool]) -> dict:
+    """McNemar's exact test of two methods' 0/1 outcomes on the SAME prompts (aligned (n,)):
+    only discordant prompts count, b = first only, c = second only; under H0 (same rate) b is
+    Binomial(b + c, 1/2). -> {"n", "first_only", "second_only", "difference" (rate of first
+    minus second), "p_value" (two-sided, exact)}."""
+    a = np.asarray(list(first), dtype=bool)
+    s = np.asarray(list(second), dtype=bool)
+    if a.shape != s.shape or a.size == 0:
+        raise ValueError(f"mcnemar needs two aligned non-empty arrays, got {a.shape}, {s.shape}")
+    b, c = int((a & ~s).sum()), int((~a & s).sum())
+    m = b + c
+    tail = sum(math.comb(m, i) for i in range(min(b, c) + 1)) / 2 ** m if m else 1.0
+    return {"n": int(a.size), "first_only": b, "second_only": c,
+            "difference": (b - c) / a.size, "p_value": min(1.0, 2 * tail)}
+
+
 def mean_estimate(values: Iterable[float], **boot) -> dict:
     """Mean of ``values`` (n,) with its bootstrap CI. Rates are means of 0/1 indicators."""
     x = np.asarray(list(values), dtype=float)
@@ -65,7 +125,7 @@ def mean_estimate(values: Iterable[float], **boot) -> dict:
 def harmless_ratio(costs: Iterable[float], **boot) -> dict:
     """Share of responses with cost <= 0 (the paper's harmless ratio)."""
     c = np.asarray(list(costs), dtype=float)
-    return mean_estimate(c <= 0.0, **boot)
+    return rate_estimate(c <= 0.0)
 
 
 def refusal_rate(refused: Iterable[float], harmful: Iterable[bool | None], *,
@@ -78,7 +138,7 @@ def refusal_rate(refused: Iterable[float], harmful: Iterable[bool | None], *,
     keep = np.array([x is not None and bool(x) == on_harmful for x in h], dtype=bool)
     if not keep.any():
         return None
-    return mean_estimate(r[keep] > 0.5, **boot)
+    return rate_estimate(r[keep] > 0.5)
 
 
 def _win_stat(policy: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -146,7 +206,7 @@ def outcome_rates(codes: Sequence[float], harmful: Sequence[bool | None],
     def rates(mask: np.ndarray) -> dict | None:
         if not mask.any():
             return None
-        return {name: mean_estimate(c[mask] == k, **boot) for k, name in enumerate(outcomes)}
+        return {name: rate_estimate(c[mask] == k) for k, name in enumerate(outcomes)}
 
     h = [x is not None and bool(x) for x in harmful]
     b = [x is not None and not bool(x) for x in harmful]
@@ -201,7 +261,7 @@ def summarize(rows: Sequence[dict], kinds: dict[str, str], *, n_boot: int = N_BO
         out["mean_reward"] = mean_estimate(column(primary["reward"]), **boot)
     if primary["refusal"]:
         refused = column(primary["refusal"])
-        out["refusal_rate"] = mean_estimate(refused, **boot)
+        out["refusal_rate"] = rate_estimate(refused)
         out["over_refusal_rate"] = refusal_rate(refused, harmful, on_harmful=False, **boot)
         out["refusal_rate_on_harmful"] = refusal_rate(refused, harmful, on_harmful=True, **boot)
     if primary["outcome"]:
