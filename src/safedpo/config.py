@@ -229,7 +229,7 @@ def coerce(name: str, value: Any, where: str = "config", cls: type = TrainConfig
         if origin is list:
             if isinstance(value, str):
                 text = value.strip()
-                parsed = yaml.safe_load(text) if text.startswith("[") else \
+                parsed = load_yaml_text(text) if text.startswith("[") else \
                     [v.strip() for v in text.split(",") if v.strip()]
             elif isinstance(value, (list, tuple)):
                 parsed = list(value)
@@ -238,13 +238,14 @@ def coerce(name: str, value: Any, where: str = "config", cls: type = TrainConfig
             (item,) = typing.get_args(tp) or (str,)
             return [item(v) for v in parsed]
         if origin is dict:
-            parsed = yaml.safe_load(value) if isinstance(value, str) else value
+            parsed = load_yaml_text(value) if isinstance(value, str) else value
             if not isinstance(parsed, dict):
                 raise ValueError("expected a mapping like {a: 1}")
             return dict(parsed)
     except (ValueError, TypeError, yaml.YAMLError) as e:
+        why = getattr(e, "problem", None) or e  # a YAML error's message without its marks
         raise ConfigError(
-            f"{where}: bad value {value!r} for '{name}' ({hint}): {e}") from None
+            f"{where}: bad value {value!r} for '{name}' ({hint}): {why}") from None
     return value
 
 
@@ -286,14 +287,52 @@ class Layer:
                      self.typed_by_user)
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key given twice in one YAML mapping (PyYAML would keep the last one silently)."""
+
+    def __init__(self, key, first, again):
+        self.key, self.first_line, self.line = key, first.line + 1, again.line + 1
+        super().__init__(None, None, f"key '{key}' appears twice (line {self.first_line} and "
+                         f"line {self.line})", again)
+
+
+class StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (a merge ``<<:`` may
+    still be overridden by the mapping's own keys)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: SafeLoader says so below
+                    continue
+                if first is not key_node.start_mark:
+                    raise DuplicateKeyError(key, first, key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str):
+    """``yaml.safe_load`` that refuses duplicate keys (``StrictLoader``)."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (a SafeLoader)
+
+
 def read_yaml(path: str | Path) -> dict:
     """A YAML mapping from a file; a missing file is FileNotFoundError, anything else that
-    is not a mapping of key: value is a ConfigError naming the file."""
+    is not a mapping of key: value (a key given twice included) is a ConfigError naming the
+    file. Every config file of safedpo is read here."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml_text(path.read_text())
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{path}: line {e.line}: key '{e.key}' appears twice in the same "
+                          f"mapping (first on line {e.first_line}); keep one") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         where = getattr(e, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
