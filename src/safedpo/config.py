@@ -440,12 +440,29 @@ DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "auto")
 COLUMN_NAMES = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 
 
+def check_output_place(output_dir: str) -> None:
+    """output_dir is a folder of its own: not a filesystem root, not the home folder (a run
+    replaces its files there and ``--overwrite_output_dir`` deletes them)."""
+    out = Path(str(output_dir)).expanduser().resolve()
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError):  # no home folder known
+        home = None
+    what = "a filesystem root" if out == Path(out.anchor) else \
+        "your home folder" if out == home else None
+    if what:
+        raise ConfigError(f"output_dir {output_dir!r} is {what}: a run writes (and with "
+                          "--overwrite_output_dir replaces) files there; give it a folder of "
+                          "its own, e.g. runs/NAME")
+
+
 def validate(config: TrainConfig) -> None:
     """Every value check that needs neither the model nor the data; a ConfigError that
     names the field and what to use instead."""
     def bad(msg):
         raise ConfigError(msg)
 
+    check_output_place(config.output_dir)
     if config.beta <= 0:
         bad(f"beta must be > 0, got {config.beta}")
     if config.delta < 0:

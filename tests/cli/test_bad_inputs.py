@@ -90,6 +90,34 @@ def test_bad_input_is_one_line_exit_2_and_keeps_the_previous_run(setup, tmp_path
         assert (out / name).read_bytes() == data, name
 
 
+@pytest.mark.parametrize("command", ["train", "sft", "rm", "cm", "saferlhf"])
+@pytest.mark.parametrize("where,what", [("/", "a filesystem root"),
+                                        ("/tmp/../", "a filesystem root"),
+                                        ("~/", "your home folder"), ("HOME", "your home folder")])
+def test_every_trainer_refuses_root_and_home_as_output_dir(setup, tmp_path, capsys, monkeypatch,
+                                                           command, where, what):
+    """Not in CASES: a run that got through would write into / or the home folder. Here HOME
+    is a temporary folder and the engine never runs."""
+    import safedpo.cli.train
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError(f"{command} started with output_dir {where}")
+
+    monkeypatch.setattr(safedpo.cli.train, "run_engine", must_not_run)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    where = str(home) if where == "HOME" else where
+    tmp, model = setup
+    assert main([command, "--model_name_or_path", model, "--dataset", str(tmp / "train.jsonl"),
+                 "--output_dir", where, "--max_steps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"safedpo {command}: error: output_dir {where!r} is {what}: a run writes " \
+        "(and with --overwrite_output_dir replaces) files there; give it a folder of its own, " \
+        "e.g. runs/NAME"
+    assert not any(home.iterdir())
+
+
 def test_a_model_that_fails_to_load_leaves_the_previous_run(setup, tmp_path, capsys,
                                                             monkeypatch):
     """The previous run's files go only once the new model and data have loaded."""
