@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import difflib
 import functools
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -463,10 +464,10 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(msg)
 
     check_output_place(config.output_dir)
-    if config.beta <= 0:
-        bad(f"beta must be > 0, got {config.beta}")
-    if config.delta < 0:
-        bad(f"delta must be >= 0, got {config.delta}")
+    if not 0 < config.beta < math.inf:  # NaN too
+        bad(f"beta must be > 0 and finite, got {config.beta}")
+    if not 0 <= config.delta < math.inf:
+        bad(f"delta must be >= 0 and finite, got {config.delta}")
     if not config.learning_rate > 0:  # 0 trains a run that changes nothing
         bad(f"learning_rate must be > 0, got {config.learning_rate} (e.g. 1e-6 for a 7B "
             "model, 3e-3 for the tiny demo model)")
@@ -516,12 +517,28 @@ def validate_saferlhf(config: SafeRLHFConfig) -> None:
     def bad(msg):
         raise ConfigError(msg)
 
-    if config.lambda_init < 0 or config.lambda_lr < 0:
-        bad("lambda_init and lambda_lr must be >= 0 (lambda is a Lagrange multiplier)")
+    if not (config.lambda_init >= 0 and config.lambda_lr >= 0):  # NaN too
+        bad("lambda_init and lambda_lr must be >= 0 (lambda is a Lagrange multiplier), got "
+            f"{config.lambda_init} and {config.lambda_lr}")
+    if config.lambda_max is not None and not config.lambda_max >= 0:
+        bad(f"lambda_max must be >= 0 or none (no bound), got {config.lambda_max}")
     if config.num_ppo_epochs < 1 or config.num_mini_batches < 1 or config.response_length < 1:
         bad("num_ppo_epochs, num_mini_batches and response_length must be >= 1")
-    if config.temperature <= 0:
+    if not config.temperature > 0:
         bad(f"temperature must be > 0, got {config.temperature}")
+    for name in ("kl_coef", "vf_coef", "cliprange", "cliprange_value"):
+        if not getattr(config, name) >= 0:
+            bad(f"{name} must be >= 0, got {getattr(config, name)}")
+    for name in ("gamma", "lam"):
+        if not 0 <= getattr(config, name) <= 1:
+            bad(f"{name} must be in [0, 1], got {getattr(config, name)}")
+    if config.score_clip is not None and not config.score_clip > 0:
+        bad(f"score_clip must be > 0 or none (no clipping), got {config.score_clip}")
+    for name in ("kl_coef", "vf_coef", "cliprange", "cliprange_value", "temperature",
+                 "cost_threshold", "lambda_init", "lambda_lr", "score_clip"):
+        value = getattr(config, name)
+        if value is not None and not math.isfinite(value):
+            bad(f"{name} must be a finite number, got {value}")
 
 
 # Keys that say where and how often a run reports and saves, not what it computes: a resumed
