@@ -165,13 +165,19 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], **kwargs) -> li
 
 
 # ----------------------------------------------------------------------------- the file
-def read_generations(path: str | Path, *, repair: bool = False) -> list[dict]:
+def read_generations(path: str | Path, *, repair: bool = False,
+                     complete: bool = False) -> list[dict]:
     """Rows of a generations.jsonl. A last line cut short by a crash is ignored (and, with
-    ``repair``, cut from the file); a bad line anywhere else is an error naming file and row."""
+    ``repair``, cut from the file), or with ``complete`` (a finished evaluation's file) an
+    error; a bad line anywhere else is an error naming file and row."""
     path = Path(path)
     if not path.exists():
         return []
     text = path.read_text(encoding="utf-8")
+    if complete and text and not text.endswith("\n"):
+        raise DataError("the last line is cut off (the file was damaged or is still being "
+                        "written); run safedpo eval again with --overwrite",
+                        file=str(path), row=text.count("\n") + 1)
     if not text.endswith("\n"):  # interrupted mid-write: drop the partial last line
         text = text[: text.rfind("\n") + 1]
         if repair:
