@@ -20,7 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from safedpo.data import load_prompts
-from safedpo.data.prompt_sets import is_benchmark, load_benchmark
+from safedpo.data.prompt_sets import (BENCHMARKS, check_benchmark_spec, is_benchmark,
+                                      load_benchmark)
 from safedpo.data.prompts import format_prompt
 from safedpo.data.tokenization import encode_prompt
 from safedpo.data.types import DataError
@@ -62,7 +63,16 @@ def load_prompt_records(source, *, split: str = "test", prompt_column: str = "pr
     elif is_benchmark(source):
         items, where = load_benchmark(source), str(source)
     else:
-        items = load_prompts(str(source), split=split, prompt_column=prompt_column)
+        check_benchmark_spec(str(source))  # advbench+, advbnch: not tried on the hub
+        try:
+            items = load_prompts(str(source), split=split, prompt_column=prompt_column)
+        except DataError as e:
+            if "/" in str(source) or Path(str(source)).exists():
+                raise
+            # A bare word that is neither a file nor a hub dataset: say what the names are.
+            raise DataError(f"{e.reason}; not a prompt benchmark either (known: "
+                            f"{', '.join(BENCHMARKS)})", file=e.file, row=e.row,
+                            column=e.column) from e
         where = str(source)
     records, seen = [], set()
     for item in items:
