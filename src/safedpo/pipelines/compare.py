@@ -37,9 +37,9 @@ A method's TrainConfig, later layers winning: its ``config`` file, ``base``, the
 own keys, then ``--key value`` options on the command line. ``output_dir`` is always
 OUTPUT_DIR/NAME (SACPO: OUTPUT_DIR/NAME/helpful and .../harmless), so NAME is a plain name
 (``check_method_name``); a run dir there that compare did not make (no compare_key.json /
-compare_started.json, e.g. a ``safedpo train`` run) is replaced only with ``force``. A SACPO stage: its
-``config`` file, the sacpo file's ``base``, the compare ``base``, the stage's keys, the compare
-method's keys for that stage, the command line. Relative paths to config
+compare_started.json, e.g. a ``safedpo train`` run) is replaced only with ``force``. A SACPO
+stage: its ``config`` file, the sacpo file's ``base``, the compare ``base``, the stage's keys,
+the compare method's keys for that stage, the command line. Relative paths to config
 files are looked up from the working directory, then next to the file that names them.
 """
 
