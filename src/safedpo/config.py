@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import difflib
 import functools
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -229,7 +230,7 @@ def coerce(name: str, value: Any, where: str = "config", cls: type = TrainConfig
         if origin is list:
             if isinstance(value, str):
                 text = value.strip()
-                parsed = yaml.safe_load(text) if text.startswith("[") else \
+                parsed = load_yaml_text(text) if text.startswith("[") else \
                     [v.strip() for v in text.split(",") if v.strip()]
             elif isinstance(value, (list, tuple)):
                 parsed = list(value)
@@ -238,13 +239,14 @@ def coerce(name: str, value: Any, where: str = "config", cls: type = TrainConfig
             (item,) = typing.get_args(tp) or (str,)
             return [item(v) for v in parsed]
         if origin is dict:
-            parsed = yaml.safe_load(value) if isinstance(value, str) else value
+            parsed = load_yaml_text(value) if isinstance(value, str) else value
             if not isinstance(parsed, dict):
                 raise ValueError("expected a mapping like {a: 1}")
             return dict(parsed)
     except (ValueError, TypeError, yaml.YAMLError) as e:
+        why = getattr(e, "problem", None) or e  # a YAML error's message without its marks
         raise ConfigError(
-            f"{where}: bad value {value!r} for '{name}' ({hint}): {e}") from None
+            f"{where}: bad value {value!r} for '{name}' ({hint}): {why}") from None
     return value
 
 
@@ -286,14 +288,52 @@ class Layer:
                      self.typed_by_user)
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key given twice in one YAML mapping (PyYAML would keep the last one silently)."""
+
+    def __init__(self, key, first, again):
+        self.key, self.first_line, self.line = key, first.line + 1, again.line + 1
+        super().__init__(None, None, f"key '{key}' appears twice (line {self.first_line} and "
+                         f"line {self.line})", again)
+
+
+class StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (a merge ``<<:`` may
+    still be overridden by the mapping's own keys)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: SafeLoader says so below
+                    continue
+                if first is not key_node.start_mark:
+                    raise DuplicateKeyError(key, first, key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str):
+    """``yaml.safe_load`` that refuses duplicate keys (``StrictLoader``)."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (a SafeLoader)
+
+
 def read_yaml(path: str | Path) -> dict:
     """A YAML mapping from a file; a missing file is FileNotFoundError, anything else that
-    is not a mapping of key: value is a ConfigError naming the file."""
+    is not a mapping of key: value (a key given twice included) is a ConfigError naming the
+    file. Every config file of safedpo is read here."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml_text(path.read_text())
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{path}: line {e.line}: key '{e.key}' appears twice in the same "
+                          f"mapping (first on line {e.first_line}); keep one") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         where = getattr(e, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
@@ -401,16 +441,33 @@ DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "auto")
 COLUMN_NAMES = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 
 
+def check_output_place(output_dir: str) -> None:
+    """output_dir is a folder of its own: not a filesystem root, not the home folder (a run
+    replaces its files there and ``--overwrite_output_dir`` deletes them)."""
+    out = Path(str(output_dir)).expanduser().resolve()
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError):  # no home folder known
+        home = None
+    what = "a filesystem root" if out == Path(out.anchor) else \
+        "your home folder" if out == home else None
+    if what:
+        raise ConfigError(f"output_dir {output_dir!r} is {what}: a run writes (and with "
+                          "--overwrite_output_dir replaces) files there; give it a folder of "
+                          "its own, e.g. runs/NAME")
+
+
 def validate(config: TrainConfig) -> None:
     """Every value check that needs neither the model nor the data; a ConfigError that
     names the field and what to use instead."""
     def bad(msg):
         raise ConfigError(msg)
 
-    if config.beta <= 0:
-        bad(f"beta must be > 0, got {config.beta}")
-    if config.delta < 0:
-        bad(f"delta must be >= 0, got {config.delta}")
+    check_output_place(config.output_dir)
+    if not 0 < config.beta < math.inf:  # NaN too
+        bad(f"beta must be > 0 and finite, got {config.beta}")
+    if not 0 <= config.delta < math.inf:
+        bad(f"delta must be >= 0 and finite, got {config.delta}")
     if not config.learning_rate > 0:  # 0 trains a run that changes nothing
         bad(f"learning_rate must be > 0, got {config.learning_rate} (e.g. 1e-6 for a 7B "
             "model, 3e-3 for the tiny demo model)")
@@ -460,12 +517,28 @@ def validate_saferlhf(config: SafeRLHFConfig) -> None:
     def bad(msg):
         raise ConfigError(msg)
 
-    if config.lambda_init < 0 or config.lambda_lr < 0:
-        bad("lambda_init and lambda_lr must be >= 0 (lambda is a Lagrange multiplier)")
+    if not (config.lambda_init >= 0 and config.lambda_lr >= 0):  # NaN too
+        bad("lambda_init and lambda_lr must be >= 0 (lambda is a Lagrange multiplier), got "
+            f"{config.lambda_init} and {config.lambda_lr}")
+    if config.lambda_max is not None and not config.lambda_max >= 0:
+        bad(f"lambda_max must be >= 0 or none (no bound), got {config.lambda_max}")
     if config.num_ppo_epochs < 1 or config.num_mini_batches < 1 or config.response_length < 1:
         bad("num_ppo_epochs, num_mini_batches and response_length must be >= 1")
-    if config.temperature <= 0:
+    if not config.temperature > 0:
         bad(f"temperature must be > 0, got {config.temperature}")
+    for name in ("kl_coef", "vf_coef", "cliprange", "cliprange_value"):
+        if not getattr(config, name) >= 0:
+            bad(f"{name} must be >= 0, got {getattr(config, name)}")
+    for name in ("gamma", "lam"):
+        if not 0 <= getattr(config, name) <= 1:
+            bad(f"{name} must be in [0, 1], got {getattr(config, name)}")
+    if config.score_clip is not None and not config.score_clip > 0:
+        bad(f"score_clip must be > 0 or none (no clipping), got {config.score_clip}")
+    for name in ("kl_coef", "vf_coef", "cliprange", "cliprange_value", "temperature",
+                 "cost_threshold", "lambda_init", "lambda_lr", "score_clip"):
+        value = getattr(config, name)
+        if value is not None and not math.isfinite(value):
+            bad(f"{name} must be a finite number, got {value}")
 
 
 # Keys that say where and how often a run reports and saves, not what it computes: a resumed

@@ -316,6 +316,22 @@ def test_eval_cli_on_a_run_dir(tiny, tmp_path, capsys):
      "the oracle scorer only judges prompts of the synthetic safety world"),
     (["--model", "TINY", "--prompts", "world", "--scorer", "cost:/no/such/cost_model",
       "--output-dir", "OUT"], "scorer model not found: /no/such/cost_model"),
+    # Benchmark specs, refused before a file or the hub is tried.
+    (["--model", "TINY", "--prompts", "advbench+", "--output-dir", "OUT"],
+     "prompt source 'advbench+': empty part in the '+' join"),
+    (["--model", "TINY", "--prompts", "a++b", "--output-dir", "OUT"],
+     "prompt source 'a++b': empty part"),
+    (["--model", "TINY", "--prompts", "advbnch", "--output-dir", "OUT"],
+     "prompt source 'advbnch': unknown benchmark 'advbnch'; did you mean advbench? (known: "
+     "advbench, harmbench,"),
+    (["--model", "TINY", "--prompts", "advbnch:10", "--output-dir", "OUT"],
+     "did you mean advbench?"),
+    (["--model", "TINY", "--prompts", "harmbench:5+overrefusl", "--output-dir", "OUT"],
+     "unknown benchmark 'overrefusl'; did you mean overrefusal?"),
+    # A bare word far from every benchmark may be a hub dataset: tried (offline here), and the
+    # error lists the benchmark names too.
+    (["--model", "TINY", "--prompts", "qwertyuiop", "--output-dir", "OUT"],
+     "not a prompt benchmark either (known: advbench,"),
 ])
 def test_eval_cli_errors_are_one_line(tiny, tmp_path, capsys, argv, message):
     from safedpo.cli import main
@@ -326,6 +342,8 @@ def test_eval_cli_errors_are_one_line(tiny, tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert err.startswith("safedpo eval: error: ") and message in err
     assert "Traceback" not in err and not (tmp_path / "out" / "generations.jsonl").exists()
+    if "Python package" not in message:  # its install command has a line of its own
+        assert len(err.strip().splitlines()) == 1, err
 
 
 def test_world_prompts_are_judged_by_their_own_world(tmp_path):

@@ -147,6 +147,55 @@ def test_report_cli_and_dir_lookup(runs, tmp_path, capsys):
                      helpful="dpo-helpful")
 
 
+def _set_json(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _set_score(path, row, scorer, value):
+    lines = path.read_text().splitlines()
+    record = json.loads(lines[row])
+    record["scores"][scorer] = value
+    lines[row] = json.dumps(record)
+    path.write_text("\n".join(lines) + "\n")
+
+
+# (case id, damage done to the safedpo run's eval dir, facts the one-line message must hold)
+DAMAGED = [
+    ("metrics-nan", lambda d: _set_json(d / "metrics.json", lambda m: m["mean_reward"].update(
+        value=float("nan"))), ["metrics.json", "mean_reward.value is nan", "not a finite"]),
+    ("metrics-infinity", lambda d: _set_json(d / "metrics.json", lambda m: m[
+        "harmless_ratio"].update(ci_high=float("inf"))),
+     ["metrics.json", "harmless_ratio.ci_high is inf"]),
+    ("metrics-cut-off", lambda d: (d / "metrics.json").write_text(
+        (d / "metrics.json").read_text()[:60]), ["metrics.json", "not valid JSON", "cut off"]),
+    ("scores-nan", lambda d: _set_score(d / "generations.jsonl", 1, "rm", float("nan")),
+     ["generations.jsonl", "row 2", "score 'rm' is nan"]),
+    ("scores-infinity", lambda d: _set_score(d / "generations.jsonl", 2, "cm", float("-inf")),
+     ["generations.jsonl", "row 3", "score 'cm' is -inf"]),
+    ("generations-cut-off", lambda d: (d / "generations.jsonl").write_text(
+        (d / "generations.jsonl").read_text()[:-15]),
+     ["generations.jsonl", "row 4", "last line is cut off"]),
+]
+
+
+@pytest.mark.parametrize("damage,facts", [c[1:] for c in DAMAGED], ids=[c[0] for c in DAMAGED])
+def test_report_on_damaged_or_non_finite_evaluations_is_one_line(runs, tmp_path, capsys,
+                                                                 damage, facts):
+    damage(runs["safedpo"])
+    out = tmp_path / "out"
+    assert main(["report", *map(str, runs.values()), "--reference", "sft", "--helpful",
+                 "dpo-helpful", "--output-dir", str(out), "--n-boot", "50"]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("safedpo report: error: "), err
+    assert str(runs["safedpo"]) in lines[0]
+    for fact in facts:
+        assert fact in lines[0], (fact, lines[0])
+    assert not (out / "report.json").exists()
+
+
 def test_report_falls_back_to_mean_reward_when_anchors_tie(runs, tmp_path):
     flat = fabricate(tmp_path / "z", "flat-helpful", SFT_REWARD[::-1], [1, 1, 1, 1])  # mean 1
     paths = write_report([runs["sft"], flat, runs["safedpo"]], tmp_path / "r3",

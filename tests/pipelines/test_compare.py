@@ -332,3 +332,35 @@ def test_an_interrupted_stage_resumes_from_its_checkpoint(world, tmp_path, monke
     assert resumed.keys() == whole.keys()
     for name in whole:
         torch.testing.assert_close(resumed[name], whole[name], rtol=0, atol=0)
+
+
+def test_compare_replaces_a_run_it_did_not_make_only_with_force(world, tmp_path, capsys):
+    """OUT/NAME holding a `safedpo train` run (no compare key file) is refused in one line;
+    --force replaces it (and then it is compare's own run, reused next time)."""
+    out = tmp_path / "cmp"
+    run = out / "safedpo"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "config.json").write_text("{}")
+    (run / "config.yaml").write_text("beta: 0.1\n")
+    (run / "train_summary.json").write_text('{"global_step": 7, "train_seconds": 1.0}')
+    argv = ["compare", "--config", str(CONFIGS / "compare-tiny.yaml"), "--methods", "safedpo",
+            *tiny_args(world, out)]
+    config = tmp_path / "no_eval.yaml"  # compare-tiny without its evaluation: training only
+    import yaml
+
+    data = yaml.safe_load((CONFIGS / "compare-tiny.yaml").read_text())
+    data.pop("evaluation", None)
+    data["methods"] = {"safedpo": {"config": str(CONFIGS / "tiny-cpu.yaml")}}
+    config.write_text(yaml.safe_dump(data))
+    argv[2] = str(config)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("safedpo compare: error: ") and "\n" not in err
+    assert str(run) in err and "--force" in err
+    assert (run / "model" / "config.json").read_text() == "{}"
+    assert main([*argv, "--force"]) == 0
+    assert json.loads((run / "train_summary.json").read_text())["global_step"] == 1
+    assert (run / "compare_key.json").is_file()
+    capsys.readouterr()
+    assert main(argv) == 0  # compare's own run now: reused
+    assert json.loads(capsys.readouterr().out)["methods"]["safedpo"]["reused"] is True

@@ -27,7 +27,9 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output_dir", default=None,
                         help="where runs and the report go (default: the config's output_dir)")
     parser.add_argument("--force", action="store_true",
-                        help="retrain and re-evaluate even when a run could be reused")
+                        help="retrain and re-evaluate even when a run could be reused, and "
+                             "replace a run dir that compare did not make (e.g. a safedpo "
+                             "train run at OUTPUT_DIR/NAME)")
     if name == "compare":
         parser.add_argument("--methods", nargs="+", default=None, metavar="NAME",
                             help="only these methods of the config")

@@ -14,6 +14,7 @@ first N would cover few categories), e.g. ``harmbench:24+donotanswer:24+overrefu
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -140,6 +141,35 @@ def is_benchmark(source) -> bool:
     return all(part.partition(":")[0] in BENCHMARKS for part in source.split("+"))
 
 
+def _unknown(name: str) -> str:
+    close = difflib.get_close_matches(name, list(BENCHMARKS), n=3, cutoff=0.75)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return f"unknown benchmark {name!r}{hint} (known: {', '.join(BENCHMARKS)})"
+
+
+def check_benchmark_spec(source) -> None:
+    """Refuse, before a file or the hub is tried, a source that can only be a mistyped
+    benchmark spec: a '+' join with an empty part or an unknown name (a hub id has no '+'),
+    or a bare word (no '/', '\\') close to a benchmark name, e.g. ``advbnch``. Anything else
+    (an existing path, a hub id, a canonical hub name like ``squad``) is left to the readers."""
+    if not isinstance(source, str) or Path(source).exists():
+        return
+    parts = source.split("+")
+    if any(sep in source for sep in "/\\"):
+        return  # a path or a hub id ORG/NAME: FileNotFoundError or the hub's own error
+    if len(parts) > 1 and any(not part.strip() for part in parts):
+        raise ValueError(f"prompt source {source!r}: empty part in the '+' join (write "
+                         "NAME+NAME, e.g. harmbench+donotanswer; known: "
+                         f"{', '.join(BENCHMARKS)})")
+    names = [part.partition(":")[0] for part in parts]
+    for name in names:
+        if name in BENCHMARKS:
+            continue
+        if len(parts) > 1 or difflib.get_close_matches(name, list(BENCHMARKS), n=1,
+                                                        cutoff=0.75):
+            raise ValueError(f"prompt source {source!r}: {_unknown(name)}")
+
+
 def benchmark_files(name: str) -> list[Path]:
     """The installed data files of benchmark ``name`` (MissingPackageError if its package is not
     installed, ValueError if another version is)."""
@@ -164,11 +194,12 @@ def benchmark_files(name: str) -> list[Path]:
 
 def load_benchmark(source: str) -> list[dict]:
     """Records {prompt, harmful, category} of ``source`` (names or NAME:N joined with '+')."""
+    check_benchmark_spec(source)
     records = []
     for part in source.split("+"):
         name, n = _parse(part)
         if name not in BENCHMARKS:
-            raise ValueError(f"unknown prompt source {name!r}; known: {', '.join(BENCHMARKS)}")
+            raise ValueError(f"prompt source {source!r}: {_unknown(name)}")
         paths = benchmark_files(name)
         recs = BENCHMARKS[name].read(paths, package_file(f"pkg://{BENCHMARKS[name].package}"))
         if n is not None:

@@ -20,7 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from safedpo.data import load_prompts
-from safedpo.data.prompt_sets import is_benchmark, load_benchmark
+from safedpo.data.prompt_sets import (BENCHMARKS, check_benchmark_spec, is_benchmark,
+                                      load_benchmark)
 from safedpo.data.prompts import format_prompt
 from safedpo.data.tokenization import encode_prompt
 from safedpo.data.types import DataError
@@ -62,7 +63,16 @@ def load_prompt_records(source, *, split: str = "test", prompt_column: str = "pr
     elif is_benchmark(source):
         items, where = load_benchmark(source), str(source)
     else:
-        items = load_prompts(str(source), split=split, prompt_column=prompt_column)
+        check_benchmark_spec(str(source))  # advbench+, advbnch: not tried on the hub
+        try:
+            items = load_prompts(str(source), split=split, prompt_column=prompt_column)
+        except DataError as e:
+            if "/" in str(source) or Path(str(source)).exists():
+                raise
+            # A bare word that is neither a file nor a hub dataset: say what the names are.
+            raise DataError(f"{e.reason}; not a prompt benchmark either (known: "
+                            f"{', '.join(BENCHMARKS)})", file=e.file, row=e.row,
+                            column=e.column) from e
         where = str(source)
     records, seen = [], set()
     for item in items:
@@ -165,13 +175,19 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], **kwargs) -> li
 
 
 # ----------------------------------------------------------------------------- the file
-def read_generations(path: str | Path, *, repair: bool = False) -> list[dict]:
+def read_generations(path: str | Path, *, repair: bool = False,
+                     complete: bool = False) -> list[dict]:
     """Rows of a generations.jsonl. A last line cut short by a crash is ignored (and, with
-    ``repair``, cut from the file); a bad line anywhere else is an error naming file and row."""
+    ``repair``, cut from the file), or with ``complete`` (a finished evaluation's file) an
+    error; a bad line anywhere else is an error naming file and row."""
     path = Path(path)
     if not path.exists():
         return []
     text = path.read_text(encoding="utf-8")
+    if complete and text and not text.endswith("\n"):
+        raise DataError("the last line is cut off (the file was damaged or is still being "
+                        "written); run safedpo eval again with --overwrite",
+                        file=str(path), row=text.count("\n") + 1)
     if not text.endswith("\n"):  # interrupted mid-write: drop the partial last line
         text = text[: text.rfind("\n") + 1]
         if repair:

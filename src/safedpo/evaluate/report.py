@@ -8,6 +8,7 @@ frontier plot. ``runs_report`` builds the sections of many evaluated runs."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,10 +158,57 @@ def find_eval_dir(path: str | Path) -> Path:
                      f"{', '.join(str(p) for p in found)}")
 
 
+def _nonfinite(value, where: str = "") -> tuple[str, float] | None:
+    """(key path, value) of the first NaN or +-Infinity in parsed JSON, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "the value", value
+    items = value.items() if isinstance(value, dict) else \
+        enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _nonfinite(item, f"{where}[{key}]" if isinstance(key, int) else
+                           f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
+
+
+def read_metrics(path: str | Path) -> dict:
+    """An evaluation's metrics.json; a damaged or cut-off file, or one holding NaN or
+    Infinity (a scorer gave non-finite scores), is a ValueError naming the file and the key."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        cut = " (cut off: the write was interrupted?)" \
+            if not text.rstrip().endswith("}") else ""  # json.dumps of a dict ends with }
+        raise ValueError(f"{path}: not valid JSON{cut} at line {e.lineno}, column {e.colno}: "
+                         f"{e.msg}; run safedpo eval again with --overwrite") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object of metrics (written by safedpo eval)")
+    found = _nonfinite(data)
+    if found:
+        raise ValueError(f"{path}: {found[0]} is {found[1]}, not a finite number (a scorer "
+                         "gave non-finite scores?); the report needs finite metrics: check the "
+                         "scorer models and run safedpo eval again with --overwrite")
+    return data
+
+
+def _check_scores(rows: list[dict], path: Path) -> list[dict]:
+    """Every score of a finished evaluation is a finite number."""
+    for n, row in enumerate(rows, start=1):
+        for name, score in (row.get("scores") or {}).items():
+            if isinstance(score, float) and not math.isfinite(score):
+                raise ValueError(f"file {path}, row {n}: score '{name}' is {score}, not a "
+                                 "finite number; check that scorer and run safedpo eval again "
+                                 "with --overwrite")
+    return rows
+
+
 class _Run:
     def __init__(self, eval_dir: Path, label: str | None):
         self.dir = eval_dir
-        self.metrics = json.loads((eval_dir / "metrics.json").read_text())
+        self.metrics = read_metrics(eval_dir / "metrics.json")
         self.label = label or self.metrics.get("label") or eval_dir.name
         self._rows = None
 
@@ -170,7 +218,7 @@ class _Run:
             path = self.dir / "generations.jsonl"
             if not path.is_file():
                 raise FileNotFoundError(f"{path} is missing: needed for paired statistics")
-            self._rows = read_generations(path)
+            self._rows = _check_scores(read_generations(path, complete=True), path)
         return self._rows
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import yaml
 
 from safedpo.models.sources import (
     HUB_ID,
@@ -93,8 +92,9 @@ def _run_settings(model_dir: Path) -> dict:
     config = model_dir.parent / "config.yaml"
     if model_dir.name != "model" or not config.is_file():
         return {}
-    settings = yaml.safe_load(config.read_text())
-    return settings if isinstance(settings, dict) else {}
+    from safedpo.config import read_yaml  # the one reader of config files
+
+    return read_yaml(config)
 
 
 def adapter_base(adapter_dir: Path, base_model: str | None = None,

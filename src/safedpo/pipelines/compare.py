@@ -35,9 +35,11 @@ sacpo: ``output_dir``, ``base``, ``helpful: {config: ..., beta: ...}`` (stage 1)
 
 A method's TrainConfig, later layers winning: its ``config`` file, ``base``, the method's
 own keys, then ``--key value`` options on the command line. ``output_dir`` is always
-OUTPUT_DIR/NAME (SACPO: OUTPUT_DIR/NAME/helpful and .../harmless). A SACPO stage: its
-``config`` file, the sacpo file's ``base``, the compare ``base``, the stage's keys, the compare
-method's keys for that stage, the command line. Relative paths to config
+OUTPUT_DIR/NAME (SACPO: OUTPUT_DIR/NAME/helpful and .../harmless), so NAME is a plain name
+(``check_method_name``); a run dir there that compare did not make (no compare_key.json /
+compare_started.json, e.g. a ``safedpo train`` run) is replaced only with ``force``. A SACPO
+stage: its ``config`` file, the sacpo file's ``base``, the compare ``base``, the stage's keys,
+the compare method's keys for that stage, the command line. Relative paths to config
 files are looked up from the working directory, then next to the file that names them.
 """
 
@@ -85,6 +87,10 @@ KEY_FILE = "compare_key.json"  # in every run dir / eval dir this module produce
 # The key of a training run that started and has not finished yet: if it matches when the
 # stage runs again, the run goes on from its latest checkpoint.
 STARTED_FILE = "compare_started.json"
+# Names a method may not take: the reference's evaluation goes to OUTPUT_DIR/reference/eval,
+# and the report files live in OUTPUT_DIR itself.
+RESERVED_NAMES = ("reference", "compare_summary.json", "report.md", "report.json",
+                  "frontier.png")
 
 
 # --- config resolution ----------------------------------------------------------------------
@@ -172,6 +178,26 @@ def _sacpo_stages(spec: dict, where: str, near: Path | None, base: list[Layer], 
     return stages
 
 
+def check_method_name(name, where: str) -> str:
+    """A method's name is its run dir under OUTPUT_DIR: one plain path component (not a path,
+    not hidden, not ``..``), and not a name compare itself uses there."""
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}: method name {name!r} must be text (quote it: "
+                          f"'{name}': ...)")
+    if not name.strip() or name.startswith(".") or ".." in name or name != name.strip() \
+            or any(c in name for c in "/\\") or not name.isprintable():
+        raise ConfigError(f"{where}: method name {name!r} must be a plain name (its run dir "
+                          "is OUTPUT_DIR/NAME): one path component, without '/', '\\', '..', "
+                          "spaces around it or control characters, not starting with '.', "
+                          "e.g. safedpo_beta05")
+    if name in RESERVED_NAMES:
+        raise ConfigError(f"{where}: method name {name!r} is taken by compare itself "
+                          f"(OUTPUT_DIR/reference/eval is the reference's evaluation; "
+                          f"{', '.join(RESERVED_NAMES[1:])} are the report's files): rename "
+                          "the method")
+    return name
+
+
 def _method(name: str, spec, where: str, near: Path | None, base: list[Layer], cli: Layer,
             out: Path) -> Method:
     spec = dict(_mapping(spec, where))
@@ -249,6 +275,8 @@ def load_plan(command: str, config_path: str | Path, *, cli: Layer | None = None
         if missing:
             raise ConfigError(f"--methods: {missing} not in {where} (has {list(specs)})")
         specs = {n: specs[n] for n in only}
+    for n in specs:
+        check_method_name(n, f"{where}: methods")
     methods = [_method(n, s, f"{where}: methods.{n}", path, base, cli, out)
                for n, s in specs.items()]
     _check_shared_keys([*base, cli], methods)
@@ -367,6 +395,21 @@ def _write_key(directory: Path, key: dict, name: str = KEY_FILE) -> None:
 
 # --- running --------------------------------------------------------------------------------
 
+def check_replaceable(run_dir: Path, force: bool = False) -> None:
+    """compare replaces only what it made: a run dir with its key file (a finished or
+    started stage), an empty or missing one; anything else (a run of ``safedpo train``, other
+    files) only with ``--force``."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is a file, not a run dir: move it or use another "
+                          "--output_dir")
+    if force or not run_dir.is_dir() or not any(run_dir.iterdir()) \
+            or (run_dir / KEY_FILE).is_file() or (run_dir / STARTED_FILE).is_file():
+        return
+    raise ConfigError(f"{run_dir} holds files that safedpo compare did not write (no "
+                      f"{KEY_FILE}: e.g. a run of safedpo train); use another --output_dir "
+                      "(or method name), or --force to replace it")
+
+
 def _state():
     return PartialState()
 
@@ -391,13 +434,13 @@ def train_stage(stage: Stage, *, force: bool = False, done: dict | None = None
         if not summary.get("interrupted"):
             stage.run_dir = done[digest]  # a later stage (SACPO stage 2) starts from this one
             return summary, True
+    check_replaceable(stage.run_dir, force)
     if done is not None:
         done[digest] = stage.run_dir
     if not force and _key_matches(stage.run_dir, key, "model", "train_summary.json"):
         summary = json.loads((stage.run_dir / "train_summary.json").read_text())
         if not summary.get("interrupted"):
             return summary, True
-    (stage.run_dir / KEY_FILE).unlink(missing_ok=True)  # a crash must not leave a stale key
     resume = not force and _key_matches(stage.run_dir, key, name=STARTED_FILE) \
         and bool(list_checkpoints(stage.run_dir))
     _state().wait_for_everyone()  # every process has decided before the file is rewritten
@@ -407,7 +450,8 @@ def train_stage(stage: Stage, *, force: bool = False, done: dict | None = None
         config.overwrite_output_dir = True  # our own previous run of this stage, now stale
     if _state().is_main_process:
         stage.run_dir.mkdir(parents=True, exist_ok=True)
-        _write_key(stage.run_dir, key, STARTED_FILE)
+        _write_key(stage.run_dir, key, STARTED_FILE)  # first: the dir stays marked as ours
+        (stage.run_dir / KEY_FILE).unlink(missing_ok=True)  # a crash must not leave a stale key
     _state().wait_for_everyone()
     summary = run_engine(stage.engine, config)
     if summary.get("interrupted"):
@@ -468,6 +512,9 @@ def run_plan(plan: Plan, *, force: bool = False, log=print) -> dict:
     t0 = time.time()
     first = {m.name: m.stages[0].config() for m in plan.methods}
     check_same_start(first)
+    for method in plan.methods:  # before anything trains
+        for stage in method.stages:
+            check_replaceable(stage.run_dir, force)
     plan.output_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     done = {} if force else finished_runs(plan.output_dir)

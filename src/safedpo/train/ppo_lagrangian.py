@@ -52,14 +52,13 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import yaml
 from accelerate import PartialState
 from accelerate.utils import set_seed
 from torch import nn
 from transformers import GenerationConfig
 
 from safedpo.config import (ConfigError, SafeRLHFConfig, TrainConfig, coerce, fields_of,
-                            validate)
+                            read_yaml, validate)
 from safedpo.data import DataError, load_rows
 from safedpo.data.prompts import format_prompt
 from safedpo.data.tokenization import encode_prompt
@@ -315,7 +314,7 @@ def _score_models(config: SafeRLHFConfig, out: Path, resuming: bool) -> tuple[di
 def _score_model_passes(summary: dict) -> dict:
     """Sequences through a score model's forward and backward: 2 per pair of each step's
     batch (its own batch size, from its run's config.yaml; one process)."""
-    run = yaml.safe_load((Path(summary["output_dir"]) / "config.yaml").read_text())
+    run = read_yaml(Path(summary["output_dir"]) / "config.yaml")
     rows = 2 * summary["global_step"] * run["per_device_train_batch_size"] \
         * run["gradient_accumulation_steps"]
     return {"forward": rows, "backward": rows}

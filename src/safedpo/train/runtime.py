@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import broadcast_object_list
 from transformers import get_scheduler
 
-from safedpo.config import ConfigError, TrainConfig, resume_changes, save_config
+from safedpo.config import (ConfigError, TrainConfig, read_yaml, resume_changes,
+                            save_config)
 from safedpo.logprobs import accepts_logits_to_keep
 from safedpo.models.loading import apply_lora, load_model_and_tokenizer
 from safedpo.models.sources import check_model
@@ -227,8 +227,8 @@ def checked_resume(config: TrainConfig, out: Path) -> Path | None:
                                     "it again without --resume_from_checkpoint") from None
         raise
     saved = resume.parent.parent / "config.yaml"
-    old = yaml.safe_load(saved.read_text()) if saved.is_file() else None
-    changed = resume_changes(old, config) if isinstance(old, dict) else {}
+    old = read_yaml(saved) if saved.is_file() else None
+    changed = resume_changes(old, config) if old else {}
     if changed:
         diff = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
         raise ConfigError(f"resume_from_checkpoint: {diff} differ from the run being resumed "
