@@ -160,6 +160,13 @@ COMPARE_CASES = [
      ["'reference'", "reference/eval"]),
     ("train-run-in-the-way", "methods:\n  safedpo: {{config: {cfg}}}\n", [],
      ["{tmp}/out/safedpo", "compare_key.json", "--force"]),
+    # The evaluation block is checked before the first method trains (nothing is written).
+    ("unknown-scorer",
+     "methods:\n  dpo: {{config: {cfg}}}\nevaluation: {{prompts: world, scorers: [refusl]}}\n",
+     [], ["evaluation: unknown scorer 'refusl'"]),
+    ("missing-prompts-file",
+     "methods:\n  dpo: {{config: {cfg}}}\nevaluation: {{prompts: {tmp}/nope.jsonl}}\n", [],
+     ["evaluation:", "{tmp}/nope.jsonl"]),
     ("train-run-in-the-way-of-a-later-method",
      "methods:\n  dpo: {{config: {cfg}}}\n  safedpo: {{config: {cfg}, beta: 0.2}}\n", [],
      ["{tmp}/out/safedpo", "--force"]),

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from safedpo.config import ConfigError, SafeRLHFConfig, add_config_options, args_layer
+from safedpo.models.sources import MissingPackageError
 
 _EPILOG = {
     "compare": "example: safedpo compare --config configs/compare-tiny.yaml "
@@ -64,7 +65,8 @@ def run(name: str, args: argparse.Namespace) -> int:
                          max_prompts=getattr(args, "max_prompts", None))
         summary = run_plan(plan, force=args.force,
                            log=lambda msg: print(f"[safedpo {name}] {msg}", file=sys.stderr))
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, MissingPackageError) as e:
+        # ValueError: DataError too (a bad row found while evaluating, a damaged metrics.json)
         print(f"safedpo {name}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:

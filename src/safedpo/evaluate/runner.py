@@ -99,6 +99,26 @@ def _world_seed(prompts_source, world_seed: int | None) -> int:
     return int(named) if named else (world_seed or 0)
 
 
+def check_evaluation(prompts_source, *, scorers: Sequence[Scorer | str] | None = None,
+                     split: str = "test", prompt_column: str = "prompt",
+                     max_prompts: int | None = None, world_seed: int | None = None,
+                     **_generation) -> tuple[list[dict], list]:
+    """Everything of an evaluation that can fail before a model loads: the prompts (read,
+    validated), the scorer specs (model scorers' configs only, no weights) and whether each
+    scorer can judge these prompts. -> (prompt records, scorer specs). ``safedpo compare``
+    calls it for its evaluation block before the first method trains."""
+    world_seed = _world_seed(prompts_source, world_seed)
+    records = load_prompt_records(prompts_source, split=split, prompt_column=prompt_column,
+                                  world_seed=world_seed, max_prompts=max_prompts)
+    specs = list(default_scorers(prompts_source) if scorers is None else scorers)
+    prompts = [r["prompt"] for r in records]
+    check_scorer_specs([s for s in specs if isinstance(s, str)], prompts, world_seed=world_seed)
+    for spec in specs:
+        if isinstance(spec, Scorer):
+            spec.check(prompts)
+    return records, specs
+
+
 def evaluate(model, prompts_source, out_dir: str | Path, *,
              scorers: Sequence[Scorer | str] | None = None, tokenizer=None,
              prompt_template: str | None = None, max_new_tokens: int = 128,
@@ -127,17 +147,11 @@ def evaluate(model, prompts_source, out_dir: str | Path, *,
     from a run dir's config.yaml).
     """
     world_seed = _world_seed(prompts_source, world_seed)
+    records, specs = check_evaluation(prompts_source, scorers=scorers, split=split,
+                                      prompt_column=prompt_column, max_prompts=max_prompts,
+                                      world_seed=world_seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = load_prompt_records(prompts_source, split=split, prompt_column=prompt_column,
-                                  world_seed=world_seed, max_prompts=max_prompts)
-    specs = list(default_scorers(prompts_source) if scorers is None else scorers)
-    # Fail before loading and generating: bad specs, or prompts a scorer cannot judge.
-    prompts = [r["prompt"] for r in records]
-    check_scorer_specs([s for s in specs if isinstance(s, str)], prompts, world_seed=world_seed)
-    for spec in specs:
-        if isinstance(spec, Scorer):
-            spec.check(prompts)
     given = read_answers(answers) if answers is not None else None  # before any model
     policy, tok, template, model_name = load_policy(model, tokenizer, prompt_template, dtype,
                                                       trust_remote_code)
@@ -174,7 +188,7 @@ def evaluate(model, prompts_source, out_dir: str | Path, *,
         row["scores"] = {}  # a resumed file may carry scores of an earlier run's scorers
     for scorer in built:
         scorer.bind(records)
-        values = scorer.score(prompts, responses)
+        values = scorer.score([r["prompt"] for r in records], responses)
         if len(values) != len(rows):
             raise ValueError(f"scorer {scorer.name} returned {len(values)} scores for "
                              f"{len(rows)} responses")
@@ -194,7 +208,7 @@ def evaluate(model, prompts_source, out_dir: str | Path, *,
         ref_file = Path(reference) / "generations.jsonl"
         if not ref_file.is_file():
             raise FileNotFoundError(f"reference evaluation not found: {ref_file} is missing")
-        ref_rows = read_generations(ref_file)
+        ref_rows = read_generations(ref_file, complete=True)  # a finished evaluation
         mine, theirs = M.aligned_scores([rows, ref_rows], result["reward_scorer"],
                                         names=[str(out_dir), str(reference)])
         result["win_rate"] = M.win_rate(mine, theirs, n_boot=n_boot)

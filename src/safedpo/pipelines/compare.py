@@ -515,6 +515,12 @@ def run_plan(plan: Plan, *, force: bool = False, log=print) -> dict:
     for method in plan.methods:  # before anything trains
         for stage in method.stages:
             check_replaceable(stage.run_dir, force)
+    if plan.evaluation is not None:  # the prompts and scorers too: not after hours of training
+        try:
+            ev = dict(plan.evaluation)
+            runner.check_evaluation(ev.pop("prompts"), **ev)
+        except (ValueError, FileNotFoundError) as e:  # DataError is a ValueError
+            raise ConfigError(f"evaluation: {e}") from None
     plan.output_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     done = {} if force else finished_runs(plan.output_dir)
