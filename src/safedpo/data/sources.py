@@ -36,6 +36,10 @@ REQUIRED_COLUMNS = ("prompt", "response_0", "response_1", "better_response_id",
 # PKU-SafeRLHF v1 metadata; rows without these columns get None in meta.
 OPTIONAL_COLUMNS = ("response_0_harm_category", "response_1_harm_category",
                     "response_0_severity_level", "response_1_severity_level")
+# The longest prompt a prompt file may hold (characters): a longer row is refused (one 10 MB
+# line once took all the memory of `safedpo pairs`). Generation also cuts every prompt to the
+# model's positions (safedpo.evaluate.generate).
+MAX_PROMPT_CHARS = 100_000
 _FLAG_STRINGS = {"True": True, "true": True, "1": True, "False": False, "false": False, "0": False}
 
 
@@ -436,6 +440,10 @@ def load_prompts(source: str | Path, *, split: str = "test", prompt_column: str 
     prompts: dict[str, dict] = {}
     for row, line, rec in table.records:
         text = _field(table, row, line, rec, prompt_column, _text)
+        if len(text) > MAX_PROMPT_CHARS:
+            raise _error(table.label, row, line, prompt_column,
+                         f"a prompt of {len(text):,} characters; the most a prompt may have is "
+                         f"{MAX_PROMPT_CHARS:,}")
         if preference:
             item = prompts.setdefault(text, {"prompt": text})
             if has_categories:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from safedpo.evaluate import metrics as M
+from safedpo.train.checkpoint import lock_output_dir
 from safedpo.evaluate.answer_logps import answer_logps, read_answers
 from safedpo.evaluate.generate import (
     generate_to_file,
@@ -128,7 +129,25 @@ def evaluate(model, prompts_source, out_dir: str | Path, *,
     """
     world_seed = _world_seed(prompts_source, world_seed)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # One run per output dir (two would interleave their rows): the run lock `train` takes.
+    lock = lock_output_dir(out_dir)  # ConfigError (a ValueError) when another run holds it
+    try:
+        return _evaluate(model, prompts_source, out_dir, scorers=scorers, tokenizer=tokenizer,
+                         prompt_template=prompt_template, max_new_tokens=max_new_tokens,
+                         do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed,
+                         batch_size=batch_size, split=split, prompt_column=prompt_column,
+                         max_prompts=max_prompts, world_seed=world_seed, reference=reference,
+                         label=label, answers=answers, n_boot=n_boot, dtype=dtype,
+                         overwrite=overwrite, progress=progress,
+                         trust_remote_code=trust_remote_code)
+    finally:
+        lock.close()
+
+
+def _evaluate(model, prompts_source, out_dir: Path, *, scorers, tokenizer, prompt_template,
+              max_new_tokens, do_sample, temperature, top_p, seed, batch_size, split,
+              prompt_column, max_prompts, world_seed, reference, label, answers, n_boot, dtype,
+              overwrite, progress, trust_remote_code) -> dict:
     records = load_prompt_records(prompts_source, split=split, prompt_column=prompt_column,
                                   world_seed=world_seed, max_prompts=max_prompts)
     specs = list(default_scorers(prompts_source) if scorers is None else scorers)
