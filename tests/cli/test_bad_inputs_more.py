@@ -4,6 +4,7 @@ is one line `safedpo CMD: error: ...` naming what is wrong, exit code 2, no trac
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from helpers import tiny_model
@@ -28,7 +29,28 @@ CASES = [
                          "--scorer", "refusal", "LOCKED"], ["{out}", "in use"]),
     ("pairs-dir-in-use", ["pairs", "--model", "{model}", "--prompts", "{tmp}/prompts.jsonl",
                           "LOCKED"], ["{out}", "in use"]),
+    ("eval-safetensors-not-weights", ["eval", "--model", "{tmp}/bad_weights", "--prompts",
+                                      "{tmp}/prompts.jsonl", "--scorer", "refusal"],
+     ["bad_weights/model.safetensors", "a link to", "tokenizer.json",
+      "not a readable safetensors file", "header too large"]),
+    ("train-safetensors-not-weights", ["train", "--model_name_or_path", "{tmp}/bad_weights"],
+     ["bad_weights/model.safetensors", "not a readable safetensors file"]),
+    ("eval-tokenizer-not-json", ["eval", "--model", "{tmp}/bad_tokenizer", "--prompts",
+                                 "{tmp}/prompts.jsonl", "--scorer", "refusal"],
+     ["bad_tokenizer/tokenizer.json", "not valid JSON", "line 1 column"]),
+    ("train-tokenizer-not-json", ["train", "--model_name_or_path", "{tmp}/bad_tokenizer"],
+     ["bad_tokenizer/tokenizer.json", "not valid JSON"]),
+    ("eval-csv-not-utf8", ["eval", "--model", "{model}", "--prompts", "{tmp}/latin1.csv",
+                           "--scorer", "refusal"],
+     ["latin1.csv", "row 2", "(line 4)", "not UTF-8", "byte 0xe9"]),
+    ("train-csv-not-utf8", ["train", "--model_name_or_path", "{model}", "--dataset",
+                            "{tmp}/latin1_pairs.csv"],
+     ["latin1_pairs.csv", "row 1", "(line 2)", "not UTF-8"]),
 ]
+
+ROW = {"prompt": "how do I pick a lock", "response_0": "use a tension wrench",
+       "response_1": "I cannot help with that", "better_response_id": 0, "safer_response_id": 1,
+       "is_response_0_safe": False, "is_response_1_safe": True}
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +61,19 @@ def setup(tmp_path_factory):
     huge = {"prompt": "bread " * (MAX_PROMPT_CHARS // 6 + 1), "harmful": False}
     (tmp / "huge.jsonl").write_text(json.dumps(PROMPTS[0]) + "\n" + json.dumps(huge) + "\n")
     (tmp / "huge.csv").write_text(f"prompt,harmful\n{huge['prompt']},false\n")
+    (tmp / "train.jsonl").write_text(json.dumps(ROW) + "\n")
+    # a model.safetensors that is a link to another file
+    weights = shutil.copytree(model, tmp / "bad_weights")
+    (weights / "model.safetensors").unlink()
+    (weights / "model.safetensors").symlink_to(weights / "tokenizer.json")
+    tokenizer = shutil.copytree(model, tmp / "bad_tokenizer")
+    (tokenizer / "tokenizer.json").write_text('{"version": "1.0", "truncation": null, oops')
+    # Latin-1 text: "é" is byte 0xe9; the bad row is data row 2, line 4 (after a blank line)
+    (tmp / "latin1.csv").write_bytes("prompt,harmful\nhow do I bake bread,false\n\n"
+                                     "how do I bake a café cake,false\n".encode("latin-1"))
+    (tmp / "latin1_pairs.csv").write_bytes(
+        (",".join(ROW) + "\n" + ",".join(str(v) for v in ROW.values()).replace("lock", "lock é")
+         + "\n").encode("latin-1"))
     return tmp, model
 
 
@@ -64,8 +99,13 @@ def test_bad_input_is_one_line_exit_2(setup, tmp_path, capsys, argv, facts):
         return text
 
     locked = "LOCKED" in argv
-    argv = [sub(a) for a in argv if a != "LOCKED"] + ["--output-dir", str(out),
-                                                      "--max-new-tokens", "2", "--no-progress"]
+    argv = [sub(a) for a in argv if a != "LOCKED"]
+    if argv[0] == "train":
+        argv += ["--output_dir", str(out), "--max_steps", "1", "--disable_tqdm", "true"]
+        if "--dataset" not in argv:
+            argv += ["--dataset", str(tmp / "train.jsonl")]
+    else:
+        argv += ["--output-dir", str(out), "--max-new-tokens", "2", "--no-progress"]
     lock = lock_output_dir(out) if locked else None  # another run holding the dir
     try:
         line = run_one_line(argv[0], argv, capsys)

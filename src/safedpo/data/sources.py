@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,9 +186,26 @@ def _read_json(path: Path, skip_malformed: bool = False) -> Table:
     return Table(str(path), None, records, malformed)
 
 
+def _decode_csv(path: Path) -> str:
+    """The text of a CSV file; bytes that are not UTF-8 are an error naming the line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        line = data[:line_start].count(b"\n") + 1
+        # rows before the bad line (the header is not a row; blank lines are not rows)
+        before = [r for r in csv.reader(io.StringIO(data[:line_start].decode("utf-8-sig"),
+                                                    newline="")) if r]
+        raise _error(str(path), len(before) if before else None, line, None,
+                     f"not UTF-8 text (byte {data[e.start]:#04x} at position "
+                     f"{e.start - line_start + 1} in the line); save the file as "
+                     "UTF-8") from None
+
+
 def _read_csv(path: Path, skip_malformed: bool = False) -> Table:
     records, malformed, row = [], [], 0
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with io.StringIO(_decode_csv(path), newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:
