@@ -43,6 +43,21 @@ CASES = [
     ("eval-csv-not-utf8", ["eval", "--model", "{model}", "--prompts", "{tmp}/latin1.csv",
                            "--scorer", "refusal"],
      ["latin1.csv", "row 2", "(line 4)", "not UTF-8", "byte 0xe9"]),
+    ("saferlhf-cost-model-as-reward", ["saferlhf", "--reward_model_path", "{tmp}/cm",
+                                       "--cost_model_path", "{tmp}/cm/model"],
+     ["reward_model_path {tmp}/cm is a cost model", "safedpo_score_kind"]),
+    ("saferlhf-reward-model-as-cost", ["saferlhf", "--reward_model_path", "{tmp}/rm",
+                                       "--cost_model_path", "{tmp}/rm/model"],
+     ["cost_model_path {tmp}/rm/model is a reward model"]),
+    ("saferlhf-causal-lm-as-reward", ["saferlhf", "--reward_model_path", "{model}",
+                                      "--cost_model_path", "{tmp}/cm"],
+     ["{model} is not a sequence classifier", "LlamaForCausalLM"]),
+    ("eval-reward-model-as-cost", ["eval", "--model", "{model}", "--prompts",
+                                   "{tmp}/prompts.jsonl", "--scorer", "cost:{tmp}/rm"],
+     ["scorer cost: {tmp}/rm is a reward model"]),
+    ("eval-causal-lm-as-cost", ["eval", "--model", "{model}", "--prompts",
+                                "{tmp}/prompts.jsonl", "--scorer", "cost:{model}"],
+     ["{model} is not a sequence classifier"]),
     ("train-csv-not-utf8", ["train", "--model_name_or_path", "{model}", "--dataset",
                             "{tmp}/latin1_pairs.csv"],
      ["latin1_pairs.csv", "row 1", "(line 2)", "not UTF-8"]),
@@ -74,7 +89,15 @@ def setup(tmp_path_factory):
     (tmp / "latin1_pairs.csv").write_bytes(
         (",".join(ROW) + "\n" + ",".join(str(v) for v in ROW.values()).replace("lock", "lock é")
          + "\n").encode("latin-1"))
+    # a reward model and a cost model (`safedpo rm` / `safedpo cm`, one step each)
+    for cmd in ("rm", "cm"):
+        assert main([cmd, "--model_name_or_path", model, "--output_dir", str(tmp / cmd),
+                     *TRAIN_ARGS, "--dataset", str(tmp / "train.jsonl")]) == 0
     return tmp, model
+
+
+TRAIN_ARGS = ["--max_steps", "1", "--disable_tqdm", "true", "--per_device_train_batch_size",
+              "1", "--max_length", "32", "--save_steps", "0"]
 
 
 def run_one_line(cmd: str, argv: list[str], capsys) -> str:
@@ -100,8 +123,10 @@ def test_bad_input_is_one_line_exit_2(setup, tmp_path, capsys, argv, facts):
 
     locked = "LOCKED" in argv
     argv = [sub(a) for a in argv if a != "LOCKED"]
-    if argv[0] == "train":
-        argv += ["--output_dir", str(out), "--max_steps", "1", "--disable_tqdm", "true"]
+    if argv[0] in ("train", "saferlhf"):
+        argv += ["--output_dir", str(out), *TRAIN_ARGS]
+        if "--model_name_or_path" not in argv:
+            argv += ["--model_name_or_path", model]
         if "--dataset" not in argv:
             argv += ["--dataset", str(tmp / "train.jsonl")]
     else:
