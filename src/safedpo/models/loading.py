@@ -133,6 +133,22 @@ def load_model_and_tokenizer(name_or_path: str, *, trust_remote_code: bool = Fal
     return model, tokenizer
 
 
+def drop_gguf_marker(model) -> None:
+    """transformers de-quantizes a GGUF file to plain float tensors on load, but leaves the
+    model marked "quantized with gguf" (``hf_quantizer``, ``config.quantization_config``), and
+    ``save_pretrained`` refuses such a model. The weights are plain: clear the marker, so the
+    model saves (and reloads) as a normal one. A no-op for any other model."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if quantizer is None or str(getattr(method, "value", method)).lower() != "gguf":
+        return
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.quantization_method = None
+    if "quantization_config" in vars(model.config):
+        del model.config.quantization_config
+
+
 def _load_model(name: str, gguf_file: str | None, trust_remote_code: bool, dtype,
                 base_model: str | None = None, base_gguf_file: str | None = None):
     """The model at ``name`` (resolved); an adapter dir is merged into its base, which may
