@@ -353,3 +353,38 @@ def test_world_prompts_are_judged_by_their_own_world(tmp_path):
             _world_seed("p.jsonl", None), _world_seed("world:3", 3)) == (3, 0, 2, 0, 3)
     with pytest.raises(ValueError, match="prompts come from world:3 but world_seed is 1"):
         evaluate(str(tmp_path / "never-loaded"), "world:3", tmp_path / "ev", world_seed=1)
+
+
+def test_prompts_are_cut_from_the_left_to_the_model_positions(tmp_path, monkeypatch, capsys):
+    """A prompt longer than the model's positions less max_new_tokens keeps its END (as TRL
+    does), with its special prefix; the cut is counted in one line on stderr."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from safedpo.data.tokenization import special_prefix
+    from safedpo.models.tiny import save_tiny_model
+
+    words = [f"w{i}" for i in range(60)]
+    path = save_tiny_model(tmp_path / "m", [" ".join(words)], hidden_size=16, num_layers=1,
+                           num_heads=2, max_position_embeddings=32)
+    model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    seen = []
+    original = model.generate
+
+    def generate(**kwargs):
+        seen.append(kwargs["input_ids"])
+        return original(**kwargs)
+
+    monkeypatch.setattr(model, "generate", generate)
+    prompts = [" ".join(words), "w1 w2"]
+    full = encode_prompt(tok, format_prompt(tok, prompts[0], None))
+    assert len(full) > 32
+    responses = generate_responses(model, tok, prompts, max_new_tokens=4, batch_size=2,
+                                   progress=False)
+    assert len(responses) == 2
+    ids = seen[0][0].tolist()
+    assert len(ids) == 28  # 32 positions less 4 new tokens
+    prefix = special_prefix(tok)
+    assert ids == prefix + full[len(full) - (28 - len(prefix)):]  # the end of the prompt
+    assert "1 prompts cut to 28 tokens" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="max_new_tokens 32 leaves no room for the prompt"):
+        generate_responses(model, tok, prompts, max_new_tokens=32, progress=False)

@@ -59,3 +59,25 @@ def test_a_missing_local_path_that_looks_like_a_hub_id_is_not_sent_to_the_hub(tm
     # "runs/sft" is shaped like ORG/NAME, but runs/ is a local folder: fail now, no hub retries.
     with pytest.raises(FileNotFoundError, match=r"runs/sft \(there is a local folder 'runs/'"):
         load_model_and_tokenizer("runs/sft")
+
+
+def test_a_model_marked_quantized_with_gguf_saves_as_a_plain_one(tmp_path):
+    """transformers de-quantizes GGUF files on load but marks the model quantized with gguf,
+    which save_pretrained refuses; drop_gguf_marker clears the mark (see
+    tests/models/test_real_model.py for the real GGUF file)."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from safedpo.models.loading import drop_gguf_marker
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model(tmp_path))
+    gguf = SimpleNamespace(quant_method=SimpleNamespace(value="gguf"))
+    model.hf_quantizer = SimpleNamespace(quantization_config=gguf)
+    model.is_quantized, model.config.quantization_config = True, gguf
+    with pytest.raises(ValueError, match="quantized with gguf"):
+        model.save_pretrained(tmp_path / "refused")
+    drop_gguf_marker(model)
+    model.save_pretrained(tmp_path / "saved")
+    assert "quantization_config" not in (tmp_path / "saved" / "config.json").read_text()
+    AutoModelForCausalLM.from_pretrained(tmp_path / "saved")

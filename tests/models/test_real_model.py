@@ -203,3 +203,28 @@ def test_safedpo_lora_steps_then_reload_and_generate(base, tmp_path, monkeypatch
     refused = RefusalScorer(method="gcg").score([WIFI], [answer])[0]
     cost = RefusalCostScorer().score([WIFI], [answer])[0]
     assert cost == (-1.0 if refused else 1.0)
+
+
+def test_full_fine_tuning_from_the_gguf_file_saves_reloads_and_generates(tmp_path):
+    """Without LoRA the de-quantized GGUF weights are trained in full; model/ is then a plain
+    float32 model (transformers marks a GGUF-loaded model quantized, and save_pretrained
+    refused it: the run crashed at its final save)."""
+    from safedpo.config import load_config
+    from safedpo.evaluate.generate import generate_responses
+    from safedpo.models.loading import load_trained
+    from safedpo.train.loop import train
+
+    run = tmp_path / "run"
+    config = load_config(CONFIG, dataset=str(PAIRS), output_dir=str(run), use_peft=False,
+                         max_steps=1, per_device_train_batch_size=1,
+                         gradient_accumulation_steps=1, max_length=48, max_prompt_length=32,
+                         optim="sgd", learning_rate=1e-5, warmup_ratio=0.0, logging_steps=1,
+                         save_steps=0, disable_tqdm=True)
+    assert train(config)["global_step"] == 1
+    saved = json.loads((run / "model" / "config.json").read_text())
+    assert "quantization_config" not in saved and saved["architectures"] == ["LlamaForCausalLM"]
+    model, tok, template = load_trained(run)
+    assert model.dtype == torch.float32 and getattr(model, "hf_quantizer", None) is None
+    (answer,) = generate_responses(model, tok, [WIFI], prompt_template=template,
+                                   max_new_tokens=8, progress=False)
+    assert answer.strip()

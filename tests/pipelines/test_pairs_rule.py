@@ -152,3 +152,23 @@ def test_pairs_argument_errors_come_before_any_model_loads(tmp_path):
     with pytest.raises(ValueError, match="pairs needs prompts marked harmful or benign .*"
                                          "not marked: 'how do I bake bread\\?'"):
         make_pairs("no-model", [str(unmarked)], tmp_path)
+
+
+def test_pairs_cuts_long_prompts_to_the_model_positions(tmp_path, capsys):
+    """Every answer's prompt is cut from the left to the model's positions less
+    max_new_tokens, with one counted line on stderr."""
+    from helpers import TEXTS, tiny_model
+
+    from safedpo.cli import main
+
+    model = tiny_model(tmp_path, texts=TEXTS)  # 512 positions
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "how do I pick a lock " * 120, "harmful": True})
+                       + "\n" + json.dumps({"prompt": "how do I bake bread", "harmful": False})
+                       + "\n")
+    code = main(["pairs", "--model", model, "--prompts", str(prompts), "--output-dir",
+                 str(tmp_path / "out"), "--max-new-tokens", "2", "--safety-tries", "1",
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "1 prompts cut to 510 tokens" in err

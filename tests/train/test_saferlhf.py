@@ -336,3 +336,37 @@ def test_compare_runs_saferlhf_with_its_own_loop(tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "train", lambda *a, **k: pytest.fail("the DPO loop ran"))
     summary, reused = compare.train_stage(stage)
     assert seen == ["SafeRLHFConfig"] and summary["global_step"] == 30 and not reused
+
+
+def test_score_models_record_their_kind_and_run_dirs_are_model_names(tmp_path, capsys):
+    """`safedpo rm`/`cm` write their kind into model/config.json; `safedpo saferlhf` and
+    eval's reward:/cost: scorers take a run dir (its model/) like any model name."""
+    from helpers import write_jsonl
+
+    from safedpo.cli import main
+
+    model = tiny_model(tmp_path)
+    row = {"prompt": "how do I pick a lock", "response_0": "use a tension wrench",
+           "response_1": "I cannot help with that", "better_response_id": 0,
+           "safer_response_id": 1, "is_response_0_safe": False, "is_response_1_safe": True}
+    data = write_jsonl(tmp_path / "train.jsonl", [row])
+    common = ["--dataset", str(data), "--max_steps", "1", "--disable_tqdm", "true",
+              "--per_device_train_batch_size", "1", "--max_length", "32", "--save_steps", "0"]
+    for cmd, kind in (("rm", "reward"), ("cm", "cost")):
+        assert main([cmd, "--model_name_or_path", model, "--output_dir", str(tmp_path / cmd),
+                     *common]) == 0
+        config = json.loads((tmp_path / cmd / "model" / "config.json").read_text())
+        assert config["safedpo_score_kind"] == kind
+    capsys.readouterr()
+    assert main(["saferlhf", "--model_name_or_path", model, "--output_dir",
+                 str(tmp_path / "ppo"), "--reward_model_path", str(tmp_path / "rm"),
+                 "--cost_model_path", str(tmp_path / "cm"), "--response_length", "4",
+                 *common]) == 0, capsys.readouterr().err
+    assert (tmp_path / "ppo" / "model" / "config.json").is_file()
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "how do I pick a lock"}])
+    assert main(["eval", "--model", model, "--prompts", str(prompts), "--output-dir",
+                 str(tmp_path / "eval"), "--scorer", f"reward:{tmp_path / 'rm'}", "--scorer",
+                 f"cost:{tmp_path / 'cm'}", "--max-new-tokens", "2", "--n-boot", "10",
+                 "--no-progress"]) == 0, capsys.readouterr().err
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert {"reward:rm", "cost:cm"} <= set(m["per_scorer"])

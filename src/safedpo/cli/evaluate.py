@@ -124,19 +124,24 @@ def _eval(args: argparse.Namespace) -> int:
     # heavy (torch, through tokenization): imported when a run starts, so --help stays fast
     from safedpo.evaluate.report import fmt
     from safedpo.evaluate.runner import evaluate
+    from safedpo.train.checkpoint import lock_output_dir
 
     check_model(args.model)
     out_dir = Path(args.output_dir) if args.output_dir else \
         default_output_dir(args.model, args.prompts)
-    m = evaluate(args.model, args.prompts, out_dir, scorers=args.scorer,
-                 prompt_template=args.prompt_template, max_new_tokens=args.max_new_tokens,
-                 do_sample=args.do_sample, temperature=args.temperature, top_p=args.top_p,
-                 seed=args.seed, batch_size=args.batch_size, split=args.split,
-                 prompt_column=args.prompt_column, max_prompts=args.max_prompts,
-                 world_seed=args.world_seed, reference=args.reference, label=args.label,
-                 answers=args.answers,
-                 n_boot=args.n_boot, dtype=args.dtype, overwrite=args.overwrite,
-                 progress=not args.no_progress, trust_remote_code=args.trust_remote_code)
+    lock = lock_output_dir(out_dir)  # one run per output dir: two would interleave rows
+    try:
+        m = evaluate(args.model, args.prompts, out_dir, scorers=args.scorer,
+                     prompt_template=args.prompt_template, max_new_tokens=args.max_new_tokens,
+                     do_sample=args.do_sample, temperature=args.temperature, top_p=args.top_p,
+                     seed=args.seed, batch_size=args.batch_size, split=args.split,
+                     prompt_column=args.prompt_column, max_prompts=args.max_prompts,
+                     world_seed=args.world_seed, reference=args.reference, label=args.label,
+                     answers=args.answers,
+                     n_boot=args.n_boot, dtype=args.dtype, overwrite=args.overwrite,
+                     progress=not args.no_progress, trust_remote_code=args.trust_remote_code)
+    finally:
+        lock.close()
     print(f"{m['label']}: {m['n_prompts']} prompts")
     for key, pct in (("harmless_ratio", True), ("mean_cost", False), ("mean_reward", False),
                      ("over_refusal_rate", True), ("win_rate", True)):

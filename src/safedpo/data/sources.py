@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,10 @@ REQUIRED_COLUMNS = ("prompt", "response_0", "response_1", "better_response_id",
 # PKU-SafeRLHF v1 metadata; rows without these columns get None in meta.
 OPTIONAL_COLUMNS = ("response_0_harm_category", "response_1_harm_category",
                     "response_0_severity_level", "response_1_severity_level")
+# The longest prompt a prompt file may hold (characters): a longer row is refused (one 10 MB
+# line once took all the memory of `safedpo pairs`). Generation also cuts every prompt to the
+# model's positions (safedpo.evaluate.generate).
+MAX_PROMPT_CHARS = 100_000
 _FLAG_STRINGS = {"True": True, "true": True, "1": True, "False": False, "false": False, "0": False}
 
 
@@ -181,9 +186,26 @@ def _read_json(path: Path, skip_malformed: bool = False) -> Table:
     return Table(str(path), None, records, malformed)
 
 
+def _decode_csv(path: Path) -> str:
+    """The text of a CSV file; bytes that are not UTF-8 are an error naming the line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        line = data[:line_start].count(b"\n") + 1
+        # rows before the bad line (the header is not a row; blank lines are not rows)
+        before = [r for r in csv.reader(io.StringIO(data[:line_start].decode("utf-8-sig"),
+                                                    newline="")) if r]
+        raise _error(str(path), len(before) if before else None, line, None,
+                     f"not UTF-8 text (byte {data[e.start]:#04x} at position "
+                     f"{e.start - line_start + 1} in the line); save the file as "
+                     "UTF-8") from None
+
+
 def _read_csv(path: Path, skip_malformed: bool = False) -> Table:
     records, malformed, row = [], [], 0
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with io.StringIO(_decode_csv(path), newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:
@@ -436,6 +458,10 @@ def load_prompts(source: str | Path, *, split: str = "test", prompt_column: str 
     prompts: dict[str, dict] = {}
     for row, line, rec in table.records:
         text = _field(table, row, line, rec, prompt_column, _text)
+        if len(text) > MAX_PROMPT_CHARS:
+            raise _error(table.label, row, line, prompt_column,
+                         f"a prompt of {len(text):,} characters; the most a prompt may have is "
+                         f"{MAX_PROMPT_CHARS:,}")
         if preference:
             item = prompts.setdefault(text, {"prompt": text})
             if has_categories:

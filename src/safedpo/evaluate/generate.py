@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from safedpo.data import load_prompts
 from safedpo.data.prompt_sets import (BENCHMARKS, check_benchmark_spec, is_benchmark,
                                       load_benchmark)
 from safedpo.data.prompts import format_prompt
-from safedpo.data.tokenization import encode_prompt
+from safedpo.data.sources import MAX_PROMPT_CHARS
+from safedpo.data.tokenization import _cut_left, encode_prompt, special_prefix
 from safedpo.data.types import DataError
 from safedpo.world import World
 
@@ -35,6 +37,9 @@ def _record(item, where: str) -> dict:
     if not isinstance(item, dict) or not isinstance(item.get("prompt"), str) or not item["prompt"]:
         raise DataError(f"expected a non-empty string prompt, got {item!r}", file=where,
                         column="prompt")
+    if len(item["prompt"]) > MAX_PROMPT_CHARS:
+        raise DataError(f"a prompt of {len(item['prompt']):,} characters; the most a prompt may "
+                        f"have is {MAX_PROMPT_CHARS:,}", file=where, column="prompt")
     harmful = item.get("harmful")
     return {"prompt": item["prompt"], "harmful": None if harmful is None else bool(harmful),
             "category": item.get("category")}
@@ -106,6 +111,21 @@ def _generation_config(model, tokenizer, *, max_new_tokens: int, do_sample: bool
     return gc
 
 
+def max_prompt_tokens(model, max_new_tokens: int) -> int | None:
+    """The most prompt tokens a generation may take: the model's positions
+    (config.max_position_embeddings, or n_positions) less ``max_new_tokens``; None when the
+    model does not say how many positions it has."""
+    config = getattr(model, "config", None)
+    positions = getattr(config, "max_position_embeddings", None) or \
+        getattr(config, "n_positions", None)
+    if not isinstance(positions, int) or positions <= 0:
+        return None
+    if max_new_tokens >= positions:
+        raise ValueError(f"max_new_tokens {max_new_tokens} leaves no room for the prompt: the "
+                         f"model has {positions} positions in all")
+    return positions - max_new_tokens
+
+
 def _block_seed(seed: int, start: int) -> int:
     # Seed per block of prompts (with the block generated whole, see iter_generate), so a
     # resumed sampled run equals the uninterrupted one.
@@ -140,12 +160,29 @@ def iter_generate(model, tokenizer, prompts: Sequence[str], *, indices: Sequence
     try:
         gc = _generation_config(model, tokenizer, max_new_tokens=max_new_tokens,
                                 do_sample=do_sample, temperature=temperature, top_p=top_p)
+        # Prompt ids exactly as in training (special prefix such as BOS once), cut from the
+        # LEFT (the end of a prompt, where the question and the answer's start are, is kept,
+        # as TRL does) to the model's positions less max_new_tokens; then left-padded.
+        limit = max_prompt_tokens(model, max_new_tokens)
+        prefix = special_prefix(tokenizer)
+        block_ids, n_cut = {}, 0
+        for start in starts:
+            block_ids[start] = []
+            for i in range(start, min(start + batch_size, len(prompts))):
+                ids = encode_prompt(tokenizer, format_prompt(tokenizer, prompts[i],
+                                                             prompt_template, system_prompt)
+                                    + response_prefix)
+                if limit is not None and len(ids) > limit:
+                    head = len(prefix) if prefix and ids[:len(prefix)] == prefix else 0
+                    ids, n_cut = _cut_left(ids, limit, min(head, limit - 1)), n_cut + 1
+                block_ids[start].append(ids)
+        if n_cut:
+            print(f"[safedpo] {n_cut} prompts cut to {limit} tokens (the model's positions "
+                  f"less max_new_tokens {max_new_tokens}; the start of each is dropped)",
+                  file=sys.stderr)
         for start in starts:
             block = range(start, min(start + batch_size, len(prompts)))
-            # Prompt ids exactly as in training (special prefix such as BOS once), left-padded.
-            ids = [encode_prompt(tokenizer, format_prompt(tokenizer, prompts[i], prompt_template,
-                                                         system_prompt) + response_prefix)
-                   for i in block]
+            ids = block_ids.pop(start)
             enc = tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(model.device)
             if do_sample:
                 torch.manual_seed(_block_seed(seed, start))

@@ -151,6 +151,19 @@ def evaluate(model, prompts_source, out_dir: str | Path, *,
                                       prompt_column=prompt_column, max_prompts=max_prompts,
                                       world_seed=world_seed)
     out_dir = Path(out_dir)
+    return _evaluate(model, prompts_source, out_dir, records, specs, tokenizer=tokenizer,
+                     prompt_template=prompt_template, max_new_tokens=max_new_tokens,
+                     do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed,
+                     batch_size=batch_size, split=split, world_seed=world_seed,
+                     reference=reference, label=label, answers=answers, n_boot=n_boot,
+                     dtype=dtype, overwrite=overwrite, progress=progress,
+                     trust_remote_code=trust_remote_code)
+
+
+def _evaluate(model, prompts_source, out_dir: Path, records: list[dict], specs: list, *,
+              tokenizer, prompt_template, max_new_tokens, do_sample, temperature, top_p, seed,
+              batch_size, split, world_seed, reference, label, answers, n_boot, dtype,
+              overwrite, progress, trust_remote_code) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     given = read_answers(answers) if answers is not None else None  # before any model
     policy, tok, template, model_name = load_policy(model, tokenizer, prompt_template, dtype,

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from safedpo.data.prompts import SAFE_RLHF_TEMPLATE, format_prompt
 from safedpo.data.tokenization import encode_prompt
 from safedpo.evaluate.judge import OUTCOME_CODE, classify
-from safedpo.models.sources import looks_local
+from safedpo.models.sources import looks_local, run_model_dir
 from safedpo.world import Oracle, World
 
 KINDS = ("reward", "cost", "refusal", "flag", "outcome")
@@ -226,11 +226,42 @@ class OracleGarbledScorer(_OracleScorer):
 # named model.*); GPT-2/OPT/BLOOM score models use other prefixes and are not supported here.
 SAFE_RLHF_BACKBONES = ("llama", "mistral", "qwen2", "gemma", "phi")
 
+# config.json key of the score models `safedpo rm` / `safedpo cm` train: "reward" or "cost".
+SCORE_KIND_KEY = "safedpo_score_kind"
+
+
+def score_model_dir(name_or_path: str) -> str:
+    """A safedpo run dir (of `safedpo rm`/`cm`) stands for its ``model/``, as everywhere a model
+    is named; anything else is returned unchanged."""
+    path = Path(str(name_or_path)).expanduser()
+    return str(run_model_dir(path)) if path.is_dir() else str(name_or_path)
+
+
+def check_score_model_path(name_or_path: str, kind: str, what: str) -> None:
+    """Fail fast (only the config is read) unless ``name_or_path`` (a model dir, run dir or
+    hub id) is a reward/cost model: a one-output sequence classifier or a safe-rlhf score
+    model, and, when its config records which it is (``SCORE_KIND_KEY``), one of ``kind``.
+    ``what``: how the caller names it in errors (e.g. "reward_model_path")."""
+    config = _load_config(name_or_path)
+    if is_safe_rlhf_score_config(config):
+        check_score_model(config, name_or_path)
+    else:
+        check_sequence_classifier(config, name_or_path)
+    recorded = getattr(config, SCORE_KIND_KEY, None)
+    if recorded in ("reward", "cost") and recorded != kind:
+        trainer = {"reward": "safedpo rm", "cost": "safedpo cm"}[recorded]
+        raise ValueError(f"{what} {name_or_path} is a {recorded} model ({trainer} trained it: "
+                         f"its config.json records {SCORE_KIND_KEY}: {recorded}); give it as "
+                         f"the {recorded} model")
+
+
 def _load_config(name_or_path: str, trust_remote_code: bool = False):
-    """AutoConfig of a local dir or hub id, with an error that names the path."""
+    """AutoConfig of a local dir (a run dir: its model/) or hub id, with an error that names
+    the path."""
     # transformers: slow to import (seconds); only loading a model needs it
     from transformers import AutoConfig
 
+    name_or_path = score_model_dir(name_or_path)
     path = Path(name_or_path).expanduser()
     if not path.exists() and looks_local(name_or_path):
         raise FileNotFoundError(f"scorer model not found: {name_or_path} (no such directory)")
@@ -489,6 +520,10 @@ class SafeRLHFScoreModelScorer(_ModelScorer):
 def load_model_scorer(name_or_path: str, kind: str, **kwargs) -> Scorer:
     """A reward/cost scorer from a model dir or hub id: safe-rlhf score model when the config
     says so (score_dim / *ForScore), else a sequence classifier (which checks its config)."""
+    model_dir = score_model_dir(name_or_path)
+    if model_dir != str(name_or_path) and kwargs.get("name") is None:  # a run dir: its name
+        kwargs["name"] = f"{kind}:{Path(str(name_or_path).rstrip('/')).name}"
+    name_or_path = model_dir
     config = _load_config(name_or_path, kwargs.get("trust_remote_code", False))
     if is_safe_rlhf_score_config(config):
         kwargs.pop("trust_remote_code", None)
@@ -521,11 +556,7 @@ def check_scorer_specs(specs: Iterable[str], prompts: Sequence[str] | None = Non
     for spec in specs:
         kind, _, path = spec.partition(":")
         if kind in ("reward", "cost") and path:
-            config = _load_config(path)
-            if is_safe_rlhf_score_config(config):
-                check_score_model(config, path)
-            else:
-                check_sequence_classifier(config, path)
+            check_score_model_path(path, kind, f"scorer {kind}:")
         elif spec not in SCORER_SPECS:
             forms = "; ".join(f"{k}: {v}" for k, v in SCORER_SPECS.items())
             raise ValueError(f"unknown scorer {spec!r}. Expected one of: {forms}")

@@ -3,6 +3,7 @@ a safedpo run dir) with its tokenizer, and wrapping a policy in a LoRA adapter."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -14,6 +15,64 @@ from safedpo.models.sources import (
     resolve_model_source,
     run_model_dir,
 )
+
+
+class ModelFileError(OSError, ValueError):
+    """A model's file that is there but cannot be read (a ``model.safetensors`` that is not
+    one, a ``tokenizer.json`` that is not JSON); the message names the file. An OSError, as
+    transformers' own loading errors, and a ValueError, so every command reports it in one
+    line."""
+
+
+# Files a tokenizer is read from, in the order transformers reads them.
+TOKENIZER_JSON_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                        "tokenizer.json")
+
+
+def _shown(path: Path) -> str:
+    return f"{path} (a link to {path.resolve()})" if path.is_symlink() else str(path)
+
+
+def _bad_safetensors(model_dir: Path, err: Exception) -> ModelFileError:
+    """The error naming the ``*.safetensors`` file of ``model_dir`` that safetensors cannot
+    read (``err``: what safetensors said)."""
+    # safetensors: installed with transformers; only a bad weights file needs it here
+    from safetensors import SafetensorError, safe_open
+
+    bad = None
+    if model_dir.is_dir():
+        for path in sorted(model_dir.glob("*.safetensors")):
+            try:
+                with safe_open(str(path), framework="pt"):
+                    pass
+            except (SafetensorError, OSError):
+                bad = path
+                break
+    what = _shown(bad) if bad else f"a *.safetensors file of {model_dir}"
+    return ModelFileError(f"could not load model '{model_dir}': {what} is not a readable "
+                          f"safetensors file ({' '.join(str(err).split())})")
+
+
+def _bad_tokenizer(name: str, err: Exception) -> ModelFileError | None:
+    """The error naming the tokenizer file of local dir ``name`` that is not valid JSON (or,
+    when the JSON parses, the tokenizer.json the tokenizers library refused); None when no
+    local file is to blame."""
+    local = Path(name).expanduser()
+    if not local.is_dir():
+        return None
+    for file in TOKENIZER_JSON_FILES:
+        path = local / file
+        if path.is_file():
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError) as e:
+                return ModelFileError(f"could not load the tokenizer of '{name}': {_shown(path)} "
+                                      f"is not valid JSON ({' '.join(str(e).split())})")
+    if (local / "tokenizer.json").is_file() and not isinstance(err, json.JSONDecodeError):
+        return ModelFileError(f"could not load the tokenizer of '{name}': "
+                              f"{_shown(local / 'tokenizer.json')} is not a tokenizer the "
+                              f"tokenizers library can read ({' '.join(str(err).split())})")
+    return None
 
 
 def resolve_dtype(dtype):
@@ -52,14 +111,41 @@ def load_model_and_tokenizer(name_or_path: str, *, trust_remote_code: bool = Fal
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     try:
+        # The tokenizer first: a bad tokenizer file fails before the weights load.
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+        except Exception as e:  # a tokenizer file that is not JSON: name the file
+            if isinstance(e, OSError) or type(e) not in (Exception, json.JSONDecodeError):
+                raise  # only the JSON parser's and the tokenizers library's own errors
+            bad = _bad_tokenizer(name, e)
+            if bad is None:
+                raise
+            raise bad from e
         model = _load_model(name, gguf_file, trust_remote_code, dtype, base_model,
                             base_gguf_file)
-        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+    except ModelFileError:
+        raise
     except OSError as e:
         raise OSError(f"could not load model '{name}' (local files or hub, offline?): {e}") from e
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked out; any id works
     return model, tokenizer
+
+
+def drop_gguf_marker(model) -> None:
+    """transformers de-quantizes a GGUF file to plain float tensors on load, but leaves the
+    model marked "quantized with gguf" (``hf_quantizer``, ``config.quantization_config``), and
+    ``save_pretrained`` refuses such a model. The weights are plain: clear the marker, so the
+    model saves (and reloads) as a normal one. A no-op for any other model."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if quantizer is None or str(getattr(method, "value", method)).lower() != "gguf":
+        return
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.quantization_method = None
+    if "quantization_config" in vars(model.config):
+        del model.config.quantization_config
 
 
 def _load_model(name: str, gguf_file: str | None, trust_remote_code: bool, dtype,
@@ -69,12 +155,18 @@ def _load_model(name: str, gguf_file: str | None, trust_remote_code: bool, dtype
     # transformers: slow to import (seconds); only loading a model needs it
     from transformers import AutoModelForCausalLM
 
+    # safetensors: installed with transformers
+    from safetensors import SafetensorError
+
     local = Path(name).expanduser()
     if not (local.is_dir() and (local / "adapter_config.json").exists()):
         kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-        return AutoModelForCausalLM.from_pretrained(name, dtype=resolve_dtype(dtype),
-                                                    trust_remote_code=trust_remote_code,
-                                                    **kwargs)
+        try:
+            return AutoModelForCausalLM.from_pretrained(name, dtype=resolve_dtype(dtype),
+                                                        trust_remote_code=trust_remote_code,
+                                                        **kwargs)
+        except SafetensorError as e:  # e.g. "header too large": a file that is not weights
+            raise _bad_safetensors(local, e) from e
     # peft: only LoRA runs and adapter dirs need it (slow to import)
     from peft import PeftModel
 
@@ -84,7 +176,10 @@ def _load_model(name: str, gguf_file: str | None, trust_remote_code: bool, dtype
     if Path(base_name).expanduser().is_dir():
         base_name = str(run_model_dir(Path(base_name).expanduser()))
     base = _load_model(base_name, base_gguf, trust_remote_code, dtype)
-    return PeftModel.from_pretrained(base, str(local)).merge_and_unload()
+    try:
+        return PeftModel.from_pretrained(base, str(local)).merge_and_unload()
+    except SafetensorError as e:
+        raise _bad_safetensors(local, e) from e
 
 
 def _run_settings(model_dir: Path) -> dict:

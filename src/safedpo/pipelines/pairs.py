@@ -172,9 +172,8 @@ def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: i
     module docstring); ``safety_tries`` is then unused. Resumes:
     answers already in plain.jsonl / safety-T.jsonl are not generated again."""
     # heavy (torch, through tokenization): imported when pairs are made, so --help stays fast
-    from safedpo.evaluate.generate import generate_to_file, write_jsonl
-    from safedpo.evaluate.runner import load_policy
-    from safedpo.evaluate.scorers import build_scorers, check_scorer_specs
+    from safedpo.evaluate.scorers import check_scorer_specs
+    from safedpo.train.checkpoint import lock_output_dir
 
     specs = list(scorers or [])
     bad = [s for s in specs if s.partition(":")[0] not in ("cost", "reward") or ":" not in s]
@@ -185,7 +184,29 @@ def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: i
         raise ValueError(f"safety_tries must be >= 1, got {safety_tries}")
     system_prompt = system_prompt or SAFETY_SYSTEM_PROMPT
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    # One run per output dir (two would interleave their answers): the run lock `train` takes.
+    lock = lock_output_dir(out)  # ConfigError (a ValueError) when another run holds it
+    try:
+        return _make_pairs(model, sources, out, specs, max_prompts=max_prompts, holdout=holdout,
+                           system_prompt=system_prompt, max_new_tokens=max_new_tokens,
+                           temperature=temperature, top_p=top_p, seed=seed,
+                           batch_size=batch_size, safety_tries=safety_tries,
+                           refusal_prefix=refusal_prefix, prompt_template=prompt_template,
+                           dtype=dtype, tokenizer=tokenizer, overwrite=overwrite,
+                           progress=progress)
+    finally:
+        lock.close()
+
+
+def _make_pairs(model, sources: list[str], out: Path, specs: list[str], *, max_prompts,
+                holdout, system_prompt, max_new_tokens, temperature, top_p, seed, batch_size,
+                safety_tries, refusal_prefix, prompt_template, dtype, tokenizer, overwrite,
+                progress) -> dict:
+    # heavy (torch, through tokenization): imported when pairs are made, so --help stays fast
+    from safedpo.evaluate.generate import generate_to_file, write_jsonl
+    from safedpo.evaluate.runner import load_policy
+    from safedpo.evaluate.scorers import build_scorers
+
     records, n_held = _records(sources, max_prompts, holdout)
     policy, tok, template, name = load_policy(model, tokenizer, prompt_template, dtype)
     settings = {"model": name, "prompts": "+".join(sources), "n_prompts": len(records),

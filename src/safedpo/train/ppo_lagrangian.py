@@ -65,6 +65,7 @@ from safedpo.data.tokenization import encode_prompt
 from safedpo.evaluate.scorers import (
     OracleCostScorer,
     OracleRewardScorer,
+    check_score_model_path,
     load_model_scorer,
 )
 from safedpo.logprobs import token_logps
@@ -335,6 +336,13 @@ def train(config: SafeRLHFConfig, *, callbacks=()) -> dict:
         raise ConfigError("safedpo saferlhf runs on one process or DDP (torchrun), not under "
                           "DeepSpeed or FSDP: its critic, reference and rollouts are not sharded")
     check_models(config)
+    for kind in ("reward", "cost"):  # a reward/cost model of the right kind, by its config
+        path = getattr(config, f"{kind}_model_path")
+        if path and path != "oracle":
+            try:
+                check_score_model_path(path, kind, f"{kind}_model_path")
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
     check_output_dir(config)
     lock = hold_output_dir(config, PartialState())  # one run per output_dir
     try:

@@ -18,12 +18,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import broadcast_object_list
-from transformers import get_scheduler
+from transformers import PreTrainedModel, get_scheduler
 
 from safedpo.config import (ConfigError, TrainConfig, read_yaml, resume_changes,
                             save_config)
 from safedpo.logprobs import accepts_logits_to_keep
-from safedpo.models.loading import apply_lora, load_model_and_tokenizer
+from safedpo.models.loading import apply_lora, drop_gguf_marker, load_model_and_tokenizer
 from safedpo.models.sources import check_model
 from safedpo.train import checkpoint as ckpt
 from safedpo.train import distributed
@@ -349,6 +349,8 @@ def save_model(accelerator, model, tokenizer, out: Path, config: TrainConfig):
         unwrapped = accelerator.unwrap_model(model)
         if config.gradient_checkpointing:
             unwrapped.config.use_cache = True
+        if isinstance(unwrapped, PreTrainedModel):  # not a peft model: it saves its adapter
+            drop_gguf_marker(unwrapped)  # full fine-tuning from a GGUF file: plain weights
         tmp, final = out / ".tmp-model", out / "model"
         shutil.rmtree(tmp, ignore_errors=True)
         unwrapped.save_pretrained(tmp, state_dict=state_dict)

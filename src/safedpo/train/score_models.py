@@ -24,7 +24,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from safedpo.config import ConfigError, TrainConfig, validate
 from safedpo.data.tokenization import pad_sequences
-from safedpo.evaluate.scorers import conversation_ids
+from safedpo.evaluate.scorers import SCORE_KIND_KEY, conversation_ids
 from safedpo.models.loading import resolve_dtype
 from safedpo.models.sources import resolve_model_source, run_model_dir
 from safedpo.train.loop import config_pairs, run_objective
@@ -92,7 +92,13 @@ class ScoreModelObjective(Objective):
         super().__init__(config)
         self.kind, self.name = kind, {"reward": "rm", "cost": "cm"}[kind]
 
-    load_model = staticmethod(load_score_model)
+    def load_model(self, config: TrainConfig):
+        """``load_score_model``, with the kind recorded in the model's config (saved in
+        model/config.json: ``safedpo saferlhf`` and the scorers refuse a cost model given as
+        the reward model and vice versa)."""
+        model, tokenizer, keep_logits = load_score_model(config)
+        setattr(model.config, SCORE_KIND_KEY, self.kind)
+        return model, tokenizer, keep_logits
 
     def tokenize(self, tokenizer, pairs):
         c = self.config
