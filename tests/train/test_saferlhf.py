@@ -382,6 +382,10 @@ def test_saferlhf_refuses_sharded_launchers(world_sft, monkeypatch):
         with pytest.raises(ConfigError, match="not under DeepSpeed or FSDP: its critic"):
             train(ppo_config(root, paths, "sharded", max_steps=1))
         monkeypatch.delenv(flag)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # two optimizers, one scaler
+    with pytest.raises(ConfigError, match="does not run with fp16 mixed precision"):
+        train(ppo_config(root, paths, "sharded", max_steps=1))
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
     assert not (root / "sharded").exists()
 
 
@@ -479,9 +483,8 @@ def test_ptx_adds_the_sft_nll_to_the_policy_loss(world_sft):
     assert summary["passes"]["forward"] == 2 * (4 * 8 + 3 * 8 + 8)
     assert summary["passes"]["backward"] == 2 * (3 * 8 + 8)
     # The first update's NLL: the SFT model's mean token NLL (transformers' own loss) on the
-    # examples that update drew (same generator: the step's order, then the picks).
-    gen = torch.Generator().manual_seed(42 * 1_000_003 + 0)
-    torch.randperm(8, generator=gen)
+    # examples that update drew (step 0, process 0).
+    gen = torch.Generator().manual_seed((42 * 1_000_003 + 0) * 1_009 + 1)
     pick = torch.randint(1500, (8,), generator=gen).tolist()
     tokenizer = AutoTokenizer.from_pretrained(root / "sft" / "model")
     items = tokenize_sft(tokenizer, load_sft_examples(paths["sft"]), max_length=128)

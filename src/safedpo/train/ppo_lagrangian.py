@@ -595,6 +595,9 @@ def _ppo_update(model, accelerator, parts, roll: dict, config: SafeRLHFConfig, l
         names.append("loss/ptx_avg")
     totals = {k: torch.zeros((), device=m.device) for k in names}
     gen = torch.Generator().manual_seed(c.seed * 1_000_003 + step)  # resumable order
+    # SFT examples for ptx: a resumable draw of their own, another one on each process
+    ptx_gen = torch.Generator().manual_seed((c.seed * 1_000_003 + step) * 1_009
+                                            + accelerator.process_index + 1)
     loss = torch.zeros(())
     for _ in range(c.num_ppo_epochs):
         order = torch.randperm(b, generator=gen).to(m.device)
@@ -602,7 +605,7 @@ def _ppo_update(model, accelerator, parts, roll: dict, config: SafeRLHFConfig, l
             i = order[k * mb:(k + 1) * mb]
             extra = {}
             if ptx is not None:
-                pick = torch.randint(len(ptx), (mb,), generator=gen).tolist()
+                pick = torch.randint(len(ptx), (mb,), generator=ptx_gen).tolist()
                 batch = collate_sft([ptx[j] for j in pick], pad_id)
                 extra["ptx"] = {key: batch[key].to(m.device)
                                 for key in ("input_ids", "attention_mask", "loss_mask")}
