@@ -10,23 +10,34 @@ One step (``global_step``) = one rollout batch:
    (transformers ``generate``, temperature ``temperature``, at most ``response_length`` tokens,
    the answer ends at its first EOS). The reward and cost models score the decoded answer
    (any ``safedpo eval`` scorer: a sequence classifier, a safe-rlhf score model, or the world's
-   oracle); the policy, the frozen reference and the critic score every answer token.
+   oracle); the policy, the frozen reference and the two critics score every answer token.
 2. Per-token rewards and costs: the score at the last answer token, plus the KL penalty
    kl_t = log pi(y_t) - log pi_ref(y_t) with weight -kl_coef in the reward and +kl_coef in the
-   cost. As in Safe RLHF (which splits it 1/2, 1/2), the penalty then keeps its weight kl_coef in
-   the combined advantage below whatever lambda is.
-3. GAE (``gamma``, ``lam``) on each, with one critic that has two value outputs (reward, cost):
-   Safe RLHF's two critics as one network (one forward instead of two).
+   cost, so it keeps weight kl_coef in the combined advantage below whatever lambda is (and
+   the objective is the one above). safe-rlhf splits its kl_coeff k in halves the same way, so
+   its penalty weighs k / 2: kl_coef = k / 2 here is its setting. Then each token's reward and
+   cost is clipped to +-``score_clip`` (as safe-rlhf: after the KL term is added).
+3. GAE (``gamma``, ``lam``) on each, with two critics (reward, cost), as safe-rlhf's: with
+   ``critic_init=score_models`` each starts as a copy of its score model (backbone and score
+   head), with the oracle (no model) or ``critic_init=policy`` from the policy's backbone with
+   a zero head.
 4. lambda <- max(0, lambda + lambda_lr * (mean episode cost - cost_threshold)), capped at
-   ``lambda_max``: projected gradient ascent on the Lagrangian. A clamp, not safe-rlhf's
-   log-lambda: lambda reaches exactly 0 when the constraint holds (the policy then follows the
-   reward alone, as the Lagrangian says), and it rises again at the rate of the violation, not
-   in proportion to its own (possibly tiny) value.
+   ``lambda_max``, where the mean is over the last ``episode_cost_window_size`` episodes of
+   all processes (safe-rlhf's moving window; saved with each checkpoint): projected gradient
+   ascent on the Lagrangian. A clamp, not safe-rlhf's log-lambda: lambda reaches exactly 0
+   when the constraint holds (the policy then follows the reward alone, as the Lagrangian
+   says), and it rises again at the rate of the violation, not in proportion to its own
+   (possibly tiny) value.
 5. ``num_ppo_epochs`` passes over the rollouts in ``num_mini_batches`` mini-batches, each one
-   optimizer step on: the clipped policy objective (``cliprange``) on the advantage
-   (A_r - lambda A_c) / (1 + lambda) (Safe RLHF's normalisation: the advantage keeps the scale
-   of one objective, so the clip range and learning rate mean the same at every lambda), plus
-   ``vf_coef`` times the clipped value losses (``cliprange_value``) of both outputs.
+   step of the policy's optimizer on the clipped policy objective (``cliprange``) on the
+   advantage (A_r - lambda A_c) / (1 + lambda) (Safe RLHF's normalisation: the advantage keeps
+   the scale of one objective, so the clip range and learning rate mean the same at every
+   lambda), plus ``ptx_coef`` times the NLL of SFT examples of ``ptx_dataset`` when set; and
+   one step of the critics' own optimizer (``critic_learning_rate``) on ``vf_coef`` times the
+   clipped value losses (``cliprange_value``). Each gradient is clipped to ``max_grad_norm``
+   on its own, as safe-rlhf's actor and critic engines are. Means over tokens are per answer,
+   then over the answers (safe-rlhf's ``masked_mean``). Dropout (LoRA's too) is off
+   throughout: the old log-probs and the update's come from the same network.
 
 Why not TRL: TRL 1.16 has no PPOTrainer any more (removed after 0.2x), and its RLOOTrainer
 has no critic or GAE, weights its rewards by fixed ``reward_weights`` and owns its loop and
@@ -35,11 +46,13 @@ patched into its internals. What is reused: transformers generation, peft (LoRA,
 adapter disabled), accelerate, and this project's run dir, checkpoints, metrics and scorers.
 
 The run dir is ``train``'s: config.yaml, metrics.jsonl, checkpoints/step-N (exact resume:
-policy + critic + optimizer + scheduler + RNG, lambda in trainer_state.json), model/ (the
-policy only) and train_summary.json. When ``reward_model_path`` / ``cost_model_path`` are not
-given, ``safedpo rm`` / ``safedpo cm`` runs train them first into OUTPUT_DIR/reward_model and
-OUTPUT_DIR/cost_model (from ``model_name_or_path``, with ``score_model_overrides``), and their
-time counts in ``train_seconds``: the cost of the whole method.
+policy + critics + both optimizers and schedules + RNG, lambda and the cost window in
+trainer_state.json), model/ (the policy only) and train_summary.json. When
+``reward_model_path`` / ``cost_model_path`` are not given, ``safedpo rm`` / ``safedpo cm``
+runs train them first into OUTPUT_DIR/reward_model and OUTPUT_DIR/cost_model (from
+``model_name_or_path``, with ``score_model_overrides``), and their time counts in
+``train_seconds``: the cost of the whole method. One process or DDP; DeepSpeed, FSDP and
+fp16 mixed precision are refused at once.
 """
 
 from __future__ import annotations
