@@ -497,3 +497,30 @@ def test_ptx_adds_the_sft_nll_to_the_policy_loss(world_sft):
                      labels=labels).loss.item()
     first = metrics(root / "ptx")[0]
     assert first["loss/ptx_avg"] == pytest.approx(want, abs=1e-5)
+
+
+def test_a_safe_rlhf_score_model_critic_takes_its_score_row(world_sft):
+    # A safe-rlhf score model (backbone under .model, score_head with score_dim outputs): the
+    # critic copies the backbone and row score_index of the head, bias included.
+    from safedpo.evaluate.scorers import SafeRLHFScoreModelScorer
+    from safedpo.models.loading import load_model_and_tokenizer
+    from safedpo.train.ppo_lagrangian import _load_critic
+
+    _, root, paths = world_sft
+    lm, tokenizer = load_model_and_tokenizer(str(root / "sft"))
+    torch.manual_seed(0)
+    score_model = torch.nn.Module()
+    score_model.model = lm.model
+    score_model.score_head = torch.nn.Linear(lm.config.hidden_size, 2)
+    scorer = object.__new__(SafeRLHFScoreModelScorer)
+    scorer.model, scorer.score_index, scorer.tokenizer, scorer.name = \
+        score_model, 1, tokenizer, "cost:beaver"
+    critic = _load_critic(ppo_config(root, paths, "unused"), scorer, tokenizer)
+    ids = torch.tensor([[5, 9, 12, 7]])
+    pos = torch.arange(4)[None]
+    with torch.no_grad():
+        hidden = lm.model(input_ids=ids, attention_mask=torch.ones_like(ids),
+                          position_ids=pos).last_hidden_state
+        want = hidden @ score_model.score_head.weight[1] + score_model.score_head.bias[1]
+        got = critic(ids, torch.ones_like(ids), pos)
+    close(got, want.numpy())
