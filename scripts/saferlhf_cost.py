@@ -16,8 +16,8 @@ Cost per method, training only (the SFT reference is shared and not counted):
   backward over 2 x batch rows, plus one forward over the 2 x N pairs for the cached reference
   log-probs; a reward/cost model step is 2 x batch rows each way; a PPO step generates one
   answer per prompt (counted in generated tokens, one forward each) and runs the policy, the
-  reference and the critic over every answer (the oracle scorers here are not models), then
-  num_ppo_epochs forward+backward passes of the policy and the critic.
+  reference and the two critics over every answer (the oracle scorers here are not models),
+  then num_ppo_epochs forward+backward passes of the policy and the two critics.
 
     python scripts/saferlhf_cost.py --demo-dir runs/demo --output-dir runs/saferlhf-cost
 """

@@ -146,7 +146,17 @@ class SafeRLHFConfig(TrainConfig):
     kl_coef: float = _f(0.05, "weight of the per-token KL penalty to the reference")
     cliprange: float = _f(0.2, "PPO ratio clip range epsilon")
     cliprange_value: float = _f(0.2, "value clip range around the rollout's values")
-    vf_coef: float = _f(0.1, "weight of the value (critic) loss")
+    vf_coef: float = _f(
+        1.0, "weight of the value (critic) losses; the critics have their own optimizer, so "
+        "critic_learning_rate is the knob that matters (safe-rlhf: 1, no weight)")
+    critic_learning_rate: float = _f(
+        5e-6, "peak learning rate of the critics' own optimizer and schedule (the policy's is "
+        "learning_rate); each is clipped to max_grad_norm on its own (safe-rlhf: critic 5e-6, "
+        "actor 1e-5)")
+    critic_init: str = _f(
+        "score_models", "where the reward/cost critics start: score_models (from the reward "
+        "and cost models, as safe-rlhf; the policy's backbone with a zero head for 'oracle') "
+        "or policy (both from the policy's backbone, zero head)")
     gamma: float = _f(1.0, "discount factor")
     lam: float = _f(0.95, "GAE lambda")
     num_ppo_epochs: int = _f(4, "passes over each rollout batch")
@@ -157,7 +167,17 @@ class SafeRLHFConfig(TrainConfig):
     lambda_init: float = _f(1.0, "initial Lagrange multiplier lambda >= 0")
     lambda_lr: float = _f(
         0.1, "step of lambda's gradient ascent per unit of constraint violation")
-    lambda_max: float | None = _f(None, "upper bound on lambda (None = none)")
+    lambda_max: float | None = _f(
+        None, "upper bound on lambda (None = none; safe-rlhf's default too, its ppo-lag.sh "
+        "script sets 5)")
+    episode_cost_window_size: int = _f(
+        128, "lambda follows the mean cost of the last N episodes (all processes), not of the "
+        "current batch alone (safe-rlhf: 128)")
+    ptx_coef: float = _f(
+        0.0, "weight of an NLL term on SFT examples of ptx_dataset in the policy loss "
+        "(safe-rlhf's ptx; 0 = off)")
+    ptx_dataset: str | None = _f(
+        None, "SFT data (prompt_column / response_column) for ptx_coef; same formats as dataset")
 
 
 class ConfigError(ValueError):
@@ -539,6 +559,18 @@ def validate_saferlhf(config: SafeRLHFConfig) -> None:
         value = getattr(config, name)
         if value is not None and not math.isfinite(value):
             bad(f"{name} must be a finite number, got {value}")
+    if config.episode_cost_window_size < 1:
+        bad("episode_cost_window_size must be >= 1")
+    if config.lambda_max is not None and config.lambda_max < config.lambda_init:
+        bad(f"lambda_max ({config.lambda_max}) must be >= lambda_init ({config.lambda_init})")
+    if config.critic_init not in ("score_models", "policy"):
+        bad(f"critic_init must be score_models or policy, got {config.critic_init!r}")
+    if not config.critic_learning_rate >= 0:
+        bad(f"critic_learning_rate must be >= 0, got {config.critic_learning_rate}")
+    if not config.ptx_coef >= 0:
+        bad(f"ptx_coef must be >= 0, got {config.ptx_coef}")
+    if config.ptx_coef > 0 and not config.ptx_dataset:
+        bad("ptx_coef > 0 needs ptx_dataset (SFT examples for the NLL term)")
 
 
 # Keys that say where and how often a run reports and saves, not what it computes: a resumed
