@@ -279,3 +279,97 @@ def test_sequence_logps_gradient_matches_naive_on_tiny_llama(llama):
     assert len(got) == len(want) > 0
     for a, w in zip(got, want):
         assert torch.allclose(a, w, atol=1e-6, rtol=1e-5)
+
+
+# --- one forward per pair: [prompt, chosen, rejected] ------------------------------------------
+
+def _pairs_batches(max_length=None):
+    from helpers import TEXTS, make_pairs
+
+    from safedpo.data.tokenization import collate_pairs, collate_shared_pairs, tokenize_pairs
+    from safedpo.models.tiny import make_word_tokenizer
+
+    tok = make_word_tokenizer(TEXTS)
+    items = tokenize_pairs(tok, make_pairs(), max_length=max_length)
+    return tok, collate_pairs(items, tok.pad_token_id), collate_shared_pairs(items,
+                                                                             tok.pad_token_id)
+
+
+def _architecture(kind, vocab):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    if kind == "llama":
+        return LlamaForCausalLM(LlamaConfig(**common))
+    return Qwen2ForCausalLM(Qwen2Config(**common))
+
+
+@pytest.mark.parametrize("kind,kernel", [("llama", "sdpa"), ("llama", "eager"),
+                                         ("qwen2", "sdpa")])
+@pytest.mark.parametrize("max_length", [None, 9])  # 9: the two sides keep different prompts
+def test_shared_prompt_logps_and_grads_equal_two_sequences(kind, kernel, max_length):
+    from safedpo.logprobs import (sequence_logps_and_counts, shared_pair_logps_and_counts,
+                                  shared_prompt_support)
+
+    tok, plain, shared = _pairs_batches(max_length)
+    model = _architecture(kind, len(tok))
+    model.config._attn_implementation = kernel
+    assert shared_prompt_support(model) is None
+    # a second prompt in a row starts again at position 0
+    two_prompts = ((shared["position_ids"][:, 1:] == 0)
+                   & (shared["input_ids"][:, 1:] != tok.pad_token_id)).any(1)
+    if max_length is None:  # every prompt once: fewer tokens through the model
+        assert shared["input_ids"].numel() < plain["input_ids"].numel()
+        assert not two_prompts.any()
+    else:  # a pair truncated to two prompts: [prompt_c, chosen, prompt_r, rejected]
+        assert two_prompts.any()
+    weights = torch.arange(1.0, 2 * len(shared["input_ids"]) + 1)
+    results = []
+    for batch, fn in ((plain, lambda m, b: sequence_logps_and_counts(
+            m, b["input_ids"], b["attention_mask"], b["loss_mask"])),
+                      (shared, shared_pair_logps_and_counts)):
+        model.zero_grad()
+        sums, counts = fn(model, batch)
+        (sums * weights).sum().backward()
+        results.append((sums.detach(), counts, [p.grad.clone() for p in model.parameters()]))
+    (s1, c1, g1), (s2, c2, g2) = results
+    assert torch.equal(c1, c2) and c1.min() > 0
+    assert torch.allclose(s1, s2, atol=1e-5, rtol=0)  # fp32
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-5) for a, b in zip(g1, g2))
+    assert shared["num_tokens"] == plain["num_tokens"]  # tok/s counts the same work
+
+
+def test_shared_prompt_mask_and_positions_by_hand():
+    from safedpo.data.tokenization import collate_shared_pairs
+
+    # prompt [5, 6], chosen [7, 8], rejected [9]; pad 0
+    item = {"chosen_input_ids": torch.tensor([5, 6, 7, 8]),
+            "chosen_loss_mask": torch.tensor([False, False, True, True]),
+            "rejected_input_ids": torch.tensor([5, 6, 9]),
+            "rejected_loss_mask": torch.tensor([False, False, True]),
+            "chosen_unsafe": False, "rejected_unsafe": True}
+    b = collate_shared_pairs([item], 0)
+    assert b["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 2]]  # rejected restarts after the prompt
+    # row q may see column k: the rejected token (4) sees the prompt (0, 1) and itself only
+    assert b["pair_mask"][0, 0].int().tolist() == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0],
+                                                  [1, 1, 1, 0, 0], [1, 1, 1, 1, 0],
+                                                  [1, 1, 0, 0, 1]]
+    # logits at 1 predict 7 (chosen) and 9 (rejected); logits at 2 predict 8
+    assert b["source_index"].tolist() == [[1, 2, 1]]
+    assert b["target_ids"].tolist() == [[7, 8, 9]] and b["target_side"].tolist() == [[0, 0, 1]]
+    assert b["logits_start"] == 1 and b["num_tokens"] == 7
+
+
+def test_models_without_a_tested_shared_prompt_say_why():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from safedpo.logprobs import shared_prompt_support
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=20, n_embd=16, n_layer=1, n_head=2))
+    assert "model type 'gpt2' is not among those tested" in shared_prompt_support(gpt2)
+    llama = _architecture("llama", 20)
+    llama.config._attn_implementation = "flash_attention_2"
+    assert "takes no custom 4D mask" in shared_prompt_support(llama)

@@ -78,6 +78,10 @@ class TrainConfig:
     rpo_alpha: float | None = _f(
         None, "weight of an NLL term on the chosen response (RPO); None = off")
     logps_average: bool = _f(False, "mean instead of sum of response token log-probs")
+    share_prompt: bool = _f(
+        True, "run each pair's prompt once: one [prompt, chosen, rejected] sequence whose mask "
+        "hides the chosen answer from the rejected one (Llama and Qwen2 with sdpa or eager "
+        "attention; other models get two sequences per pair, with a notice)")
     # --- optimisation ---
     output_dir: str = _f("runs/train", "run dir: config, metrics, checkpoints, final model")
     overwrite_output_dir: bool = _f(

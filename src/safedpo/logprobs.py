@@ -198,3 +198,62 @@ def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     ``loss_mask`` (B, T) is True (the response tokens incl. EOS)."""
     sums, counts = sequence_logps_and_counts(model, input_ids, attention_mask, loss_mask)
     return sums / counts.clamp(min=1) if average else sums
+
+
+# Architectures whose shared-prompt log-probs are tested equal to the unshared ones (fp32,
+# 1e-5; tests/test_logprobs.py): a custom 4D mask and position ids reach every layer as given.
+SHARED_PROMPT_MODELS = ("llama", "qwen2")
+# Attention kernels that take an arbitrary 4D mask (flash attention takes only padding masks).
+_MASK_KERNELS = ("sdpa", "eager")
+
+
+def shared_prompt_support(model) -> str | None:
+    """None when ``model`` can run a pair as one [prompt, chosen, rejected] row; else why not
+    (one line, for the notice)."""
+    config = getattr(_base_module(model), "config", None)
+    kind = getattr(config, "model_type", None)
+    if kind not in SHARED_PROMPT_MODELS:
+        return (f"model type {kind!r} is not among those tested with a shared prompt "
+                f"({', '.join(SHARED_PROMPT_MODELS)})")
+    kernel = getattr(config, "_attn_implementation", None)
+    if kernel not in _MASK_KERNELS:
+        return f"its attention ({kernel}) takes no custom 4D mask (sdpa and eager do)"
+    return None
+
+
+def _base_module(model):
+    return _base_forward(model).__self__
+
+
+def shared_pair_logps_and_counts(model, batch: dict, keep_logits: bool | None = None
+                                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob sums and target counts of a ``collate_shared_pairs`` batch (B rows), in the
+    unshared layout: (2B,) each, chosen rows then rejected rows.
+
+    One forward per pair: the 4D ``pair_mask`` (as a bool mask for sdpa, an additive float mask
+    for eager attention) and ``position_ids`` make each answer token see exactly what it sees
+    in its own [prompt, answer] sequence; the logits at ``source_index`` predict
+    ``target_ids``."""
+    input_ids, mask = batch["input_ids"], batch["pair_mask"]
+    t = input_ids.shape[1]
+    start = max(int(batch["logits_start"]), 0)
+    if keep_logits is None:
+        keep_logits = accepts_logits_to_keep(model)
+    kernel = getattr(getattr(_base_module(model), "config", None), "_attn_implementation", None)
+    if kernel == "eager":  # additive: 0 where allowed, the dtype's minimum elsewhere
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+            ~mask, torch.finfo(dtype).min)
+    kwargs = {"input_ids": input_ids, "attention_mask": mask,
+              "position_ids": batch["position_ids"], "use_cache": False}
+    if keep_logits:
+        logits = model(**kwargs, logits_to_keep=t - start).logits  # positions start .. T-1
+    else:
+        logits = model(**kwargs).logits[:, start:]
+    side = batch["target_side"]  # (B, S)
+    index = (batch["source_index"] - start).clamp(min=0)
+    picked = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))  # (B, S, V)
+    logps = token_logps(picked, batch["target_ids"])  # (B, S) float32
+    sums = torch.cat([torch.where(side == k, logps, 0.0).sum(-1) for k in (0, 1)])  # (2B,)
+    counts = torch.cat([(side == k).sum(-1) for k in (0, 1)])
+    return sums, counts

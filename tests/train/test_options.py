@@ -123,3 +123,44 @@ def test_bf16_autocast_on_a_cpu_with_native_bf16(tmp_path, monkeypatch):
     # autocast: bf16 rounding moves the loss a little, but not far.
     assert losses[True][0] == pytest.approx(math.log(2), abs=1e-6)
     assert 1e-6 < abs(losses[True][1] - losses[False][1]) < 5e-2
+
+
+def test_shared_prompt_trains_like_two_sequences_per_pair(tmp_path):
+    """share_prompt (on by default for Llama) changes the compute, not the math: the same
+    steps, losses and weights as two sequences per pair, to float32 rounding."""
+    from safetensors.torch import load_file
+
+    path = tiny_model(tmp_path)
+    runs = {}
+    for share in (True, False):
+        out = f"share-{share}"
+        train(tiny_config(tmp_path, path, out=out, max_steps=3, share_prompt=share,
+                          precompute_ref_log_probs=share), make_pairs())
+        runs[share] = (metrics(tmp_path / out),
+                       load_file(str(tmp_path / out / "model" / "model.safetensors")))
+    (m1, w1), (m2, w2) = runs[True], runs[False]
+    assert [r["step"] for r in m1] == [1, 2, 3]
+    for a, b in zip(m1, m2):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["rewards/margins"] == pytest.approx(b["rewards/margins"], abs=1e-5)
+        assert a["num_tokens"] == b["num_tokens"]  # the same work is counted
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-5
+    assert m1[-1]["rewards/margins"] != pytest.approx(0.0, abs=1e-4)  # the policy moved
+
+
+def test_a_model_without_shared_prompts_says_why_and_trains(tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from safedpo.models.loading import load_model_and_tokenizer
+
+    llama = tiny_model(tmp_path)
+    _, tok = load_model_and_tokenizer(llama)
+    gpt2 = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=1, n_head=2,
+                               n_positions=64)).save_pretrained(gpt2)
+    tok.save_pretrained(gpt2)
+    summary = train(tiny_config(tmp_path, str(gpt2), max_steps=1), make_pairs())
+    err = capsys.readouterr().err
+    assert "share_prompt: two sequences per pair instead (model type 'gpt2' is not among " \
+           "those tested" in err
+    assert summary["global_step"] == 1 and summary["model_dir"]

@@ -6,6 +6,7 @@ on disk (``precompute_ref_log_probs``)."""
 from __future__ import annotations
 
 import math
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +19,17 @@ from tqdm.auto import tqdm
 from safedpo.config import ConfigError, TrainConfig
 from safedpo.data.tokenization import (
     collate_pairs,
+    collate_shared_pairs,
     collate_sft,
     tokenize_pairs,
     tokenize_sft,
 )
-from safedpo.logprobs import accepts_logits_to_keep, sequence_logps_and_counts
+from safedpo.logprobs import (
+    accepts_logits_to_keep,
+    sequence_logps_and_counts,
+    shared_pair_logps_and_counts,
+    shared_prompt_support,
+)
 from safedpo.losses import LOSSES
 from safedpo.models.loading import load_model_and_tokenizer
 from safedpo.train import checkpoint as ckpt
@@ -80,15 +87,20 @@ class SFTObjective(Objective):
 
 
 class PreferenceObjective(Objective):
-    """LOSSES[loss_type] on one 2B-row forward; reference log-probs from cache or model."""
+    """LOSSES[loss_type] on one forward per pair ([prompt, chosen, rejected], ``share_prompt``)
+    or on 2B rows (chosen rows, then rejected rows); reference log-probs from cache or model."""
 
-    tokenize_fn, collate = staticmethod(tokenize_pairs), staticmethod(collate_pairs)
+    tokenize_fn = staticmethod(tokenize_pairs)
 
     def __init__(self, config: TrainConfig):
         super().__init__(config)
         self.name = config.loss_type
         self.cache = None  # {chosen_sum, chosen_count, rejected_sum, rejected_count}: (N,)
         self.ref_forward = None  # batch -> (sums (2B,), counts (2B,))
+        self.shared = False  # decided in prepare(), from the models
+
+    def collate(self, items: list[dict], pad_token_id: int) -> dict:
+        return (collate_shared_pairs if self.shared else collate_pairs)(items, pad_token_id)
 
     def prepare(self, run: RunContext):
         c = self.config
@@ -101,6 +113,7 @@ class PreferenceObjective(Objective):
             forward = policy_reference(run, disable_adapter=c.use_peft)
         else:
             forward = frozen_reference(run, ref_name)
+        self.shared = self._share_prompt(run, forward)
         if not c.precompute_ref_log_probs:
             self.ref_forward = forward
             return
@@ -108,7 +121,8 @@ class PreferenceObjective(Objective):
                    ref_name, c.gguf_file if ref_is_policy else None),
                "dtype": c.dtype, "mixed_precision": str(run.accelerator.mixed_precision),
                "data": ckpt.data_fingerprint(run.items), "max_length": c.max_length,
-               "max_prompt_length": c.max_prompt_length, "prompt_template": c.prompt_template}
+               "max_prompt_length": c.max_prompt_length, "prompt_template": c.prompt_template,
+               **({"share_prompt": True} if self.shared else {})}
         path = ckpt.ref_cache_path(c.ref_cache_dir or run.output_dir / "ref_cache", key)
         self.cache = ckpt.load_ref_cache(path)
         if self.cache is None:
@@ -121,6 +135,21 @@ class PreferenceObjective(Objective):
             run.accelerator.wait_for_everyone()
         self.cache = {k: v.to(run.accelerator.device) for k, v in self.cache.items()}
 
+    def _share_prompt(self, run: RunContext, forward) -> bool:
+        """Whether pairs run as one shared-prompt row: asked for, and the policy (and a
+        separate reference) can take the mask; else a one-line notice says why not."""
+        if not self.config.share_prompt:
+            return False
+        why = shared_prompt_support(run.model)
+        ref = getattr(forward, "model", None)
+        if why is None and ref is not None:
+            why = shared_prompt_support(ref)
+            why = why and f"the reference: {why}"
+        if why is not None and run.accelerator.is_main_process:
+            print(f"[safedpo] share_prompt: two sequences per pair instead ({why})",
+                  file=sys.stderr)
+        return why is None
+
     def reference(self, batch):
         """Reference (sums, counts), each (2B,): chosen rows then rejected rows."""
         if self.cache is None:
@@ -132,9 +161,7 @@ class PreferenceObjective(Objective):
     def loss(self, model, batch):
         c, b = self.config, len(batch["index"])
         ref_sums, ref_counts = self.reference(batch)
-        sums, counts = sequence_logps_and_counts(
-            model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
-            batch["logits_start"], keep_logits=self.run.keep_logits)
+        sums, counts = pair_logps(model, batch, self.run.keep_logits)
         logps = sums / counts.clamp(min=1) if c.logps_average else sums
         ref = ref_sums / ref_counts.clamp(min=1) if c.logps_average else ref_sums
         cu, ru = batch["chosen_unsafe"], batch["rejected_unsafe"]
@@ -160,14 +187,22 @@ class PreferenceObjective(Objective):
         return loss, stats
 
 
+def pair_logps(model, batch: dict, keep_logits: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-prob sums, token counts), each (2B,): chosen then rejected, of a shared-prompt
+    batch (``collate_shared_pairs``) or of a 2B-row one (``collate_pairs``)."""
+    if "pair_mask" in batch:
+        return shared_pair_logps_and_counts(model, batch, keep_logits)
+    return sequence_logps_and_counts(model, batch["input_ids"], batch["attention_mask"],
+                                     batch["loss_mask"], batch["logits_start"],
+                                     keep_logits=keep_logits)
+
+
 def _no_grad_logps(model, keep_logits: bool, context):
     """batch -> (log-prob sums, token counts) of ``model`` without gradients, inside
     ``context()`` (a fresh context manager per call)."""
     def forward(batch):
         with torch.no_grad(), context():
-            return sequence_logps_and_counts(
-                model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
-                batch["logits_start"], keep_logits=keep_logits)
+            return pair_logps(model, batch, keep_logits)
     return forward
 
 
@@ -190,7 +225,9 @@ def frozen_reference(run: RunContext, name: str):
         raise ConfigError(f"reference model {name} has a different vocabulary than the policy "
                           f"{c.model_name_or_path}; they must share a tokenizer")
     model.requires_grad_(False).eval().to(run.accelerator.device)
-    return _no_grad_logps(model, accepts_logits_to_keep(model), run.accelerator.autocast)
+    forward = _no_grad_logps(model, accepts_logits_to_keep(model), run.accelerator.autocast)
+    forward.model = model  # its architecture decides share_prompt too
+    return forward
 
 
 def _reshard(model):
