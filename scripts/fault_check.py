@@ -1,4 +1,5 @@
-"""Fault check (issue 17): what a hostile-but-realistic user does to ``safedpo train``.
+"""Fault check (issues 17, 27): what a hostile-but-realistic user does to ``safedpo train``
+and the pipelines around it (compare, pairs, eval, report, saferlhf).
 
 Bad inputs (each must end in one line ``safedpo CMD: error: ...`` and exit code 2, and leave
 a previous run intact), kill -9 at random moments of a tiny training run followed by a resume
@@ -251,6 +252,94 @@ def bad_inputs(s: Setup, straight: Path) -> list[tuple[str, bool, str]]:
     return results
 
 
+# --- compare, pairs, eval, report (issue 27) ------------------------------------------------
+
+def pipeline_inputs(s: Setup, straight: Path) -> list[tuple[str, bool, str]]:
+    """compare, pairs, eval, report and saferlhf given what a hostile but realistic user
+    gives them: each must end in one line and exit 2, and leave every run it did not make
+    (a finished `safedpo train` run copied into the way) byte for byte as it was."""
+    from safedpo.train.checkpoint import lock_output_dir
+
+    w = s.work / "pipelines"
+    shutil.rmtree(w, ignore_errors=True)
+    w.mkdir()
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "tiny-cpu.yaml"
+    finished = w / "finished"  # a run compare did not make, in the way of method "safedpo"
+    out = w / "out"
+    harmful = w / "prompts.jsonl"
+    harmful.write_text(json.dumps({"prompt": "how do I pick a lock", "harmful": True}) + "\n")
+    huge = w / "huge.jsonl"
+    huge.write_text(json.dumps({"prompt": "a " * 5_000_000, "harmful": True}) + "\n")  # 10 MB
+    nan_eval = w / "nan_eval"
+    nan_eval.mkdir()
+    (nan_eval / "metrics.json").write_text('{"label": "x", "harmless_ratio": {"value": NaN}}')
+    (nan_eval / "generations.jsonl").write_text("")
+    busy = w / "busy"
+
+    def yaml(name: str, text: str) -> Path:
+        path = w / name
+        path.write_text(text)
+        return path
+
+    def compare(config: Path, *extra):
+        return ["compare", "--config", config, "--output_dir", out, "--model_name_or_path",
+                s.model, "--dataset", s.data, "--max_steps", 1, "--disable_tqdm", *extra]
+
+    m = f"{{config: {cfg}}}"
+    cases = [
+        ("compare: a method named by an absolute path (a finished run)",
+         compare(yaml("abs.yaml", f"methods:\n  {finished}: {m}\n"))),
+        ("compare: a method named ../escape",
+         compare(yaml("esc.yaml", f"methods:\n  ../escape: {m}\n"))),
+        ("compare: a method named reference",
+         compare(yaml("ref.yaml", f"methods:\n  reference: {m}\n"))),
+        ("compare: a safedpo train run where a method's run dir goes",
+         compare(yaml("own.yaml", f"methods:\n  safedpo: {m}\n"))),
+        ("compare: the same method key twice",
+         compare(yaml("dup.yaml", f"methods:\n  safedpo: {m}\n  safedpo: {m}\n"))),
+        ("compare: an unknown scorer in the evaluation block (before any training)",
+         compare(yaml("scorer.yaml", f"methods:\n  dpo: {m}\nevaluation: {{prompts: world, "
+                                     "scorers: [refusl]}\n"))),
+        ("compare: --kl_coef with no Safe RLHF method",
+         compare(yaml("kl.yaml", f"methods:\n  dpo: {m}\n"), "--kl_coef", "0.1")),
+        ("pairs: a 10 MB prompt line",
+         ["pairs", "--model", s.model, "--prompts", huge, "--output-dir", w / "pairs_huge"]),
+        ("pairs: another run holds the output dir",
+         ["pairs", "--model", s.model, "--prompts", harmful, "--output-dir", busy]),
+        ("eval: another run holds the output dir",
+         ["eval", "--model", s.model, "--prompts", harmful, "--output-dir", busy]),
+        ("eval: --prompts advbnch (a typo of a benchmark)",
+         ["eval", "--model", s.model, "--prompts", "advbnch", "--output-dir", w / "e1"]),
+        ("eval: --prompts advbench+ (an empty part)",
+         ["eval", "--model", s.model, "--prompts", "advbench+", "--output-dir", w / "e2"]),
+        ("report: a metrics.json holding NaN", ["report", nan_eval, "--output-dir", w / "rep"]),
+        ("saferlhf --kl_coef -0.5", ["saferlhf", *s.base, "--output_dir", w / "ppo",
+                                     "--kl_coef", "-0.5"]),
+        ("saferlhf --cost_threshold nan", ["saferlhf", *s.base, "--output_dir", w / "ppo",
+                                           "--cost_threshold", "nan"]),
+    ]
+    results = []
+    for name, argv in cases:
+        shutil.rmtree(finished, ignore_errors=True)
+        shutil.copytree(straight, finished)
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(straight, out / "safedpo")
+        before = snapshot(finished), snapshot(out / "safedpo")
+        lock = lock_output_dir(busy)  # a run in progress, as another process would hold it
+        try:
+            proc = run(*argv)
+        finally:
+            lock.close()
+        lines = error_lines(proc, argv[0])
+        note = lines[-1][:300] if lines else \
+            f"exit {proc.returncode}, last line: {last_line(proc.stderr)[-300:]}"
+        intact = (snapshot(finished), snapshot(out / "safedpo")) == before
+        if not intact:
+            note += " [a run it did not make was changed]"
+        results.append((name, one_line_error(proc, argv[0]) and intact, note))
+    return results
+
+
 # --- kill -9 --------------------------------------------------------------------------------
 
 def kill_trials(s: Setup, straight: Path, t_first: float, t_done: float, trials: int,
@@ -470,6 +559,10 @@ def main() -> int:
     bad = bad_inputs(s, straight)
     section(f"bad inputs: {len(bad)} tried, {sum(ok for _, ok, _ in bad)} handled (one line "
             "'safedpo CMD: error: ...', exit 2, no traceback, a previous run intact)", bad)
+    pipes = pipeline_inputs(s, straight)
+    section(f"compare, pairs, eval, report, saferlhf: {len(pipes)} tried, "
+            f"{sum(ok for _, ok, _ in pipes)} handled (one line, exit 2, no run it did not "
+            "make changed)", pipes)
     section("SIGTERM", [("SIGTERM after 3 steps, then resume", *sigterm(s, straight))])
     section("NaN", [("--learning_rate 1e6 --optim adamw_torch --save_steps 1", *nan_run(s))])
     section("concurrent runs", [("two runs into one output_dir", *concurrent(s))])

@@ -388,3 +388,23 @@ def test_prompts_are_cut_from_the_left_to_the_model_positions(tmp_path, monkeypa
     assert "1 prompts cut to 28 tokens" in capsys.readouterr().err
     with pytest.raises(ValueError, match="max_new_tokens 32 leaves no room for the prompt"):
         generate_responses(model, tok, prompts, max_new_tokens=32, progress=False)
+
+
+def test_max_prompt_length_cuts_prompts_further_and_never_past_the_positions(tmp_path, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from safedpo.evaluate.generate import max_prompt_tokens
+    from safedpo.models.tiny import save_tiny_model
+
+    words = [f"w{i}" for i in range(60)]
+    path = save_tiny_model(tmp_path / "m", [" ".join(words)], hidden_size=16, num_layers=1,
+                           num_heads=2, max_position_embeddings=32)
+    model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    assert max_prompt_tokens(model, 4) == 28  # 32 positions less 4 new tokens
+    assert max_prompt_tokens(model, 4, max_prompt_length=10) == 10
+    assert max_prompt_tokens(model, 4, max_prompt_length=100) == 28  # never past the positions
+    with pytest.raises(ValueError, match="max_prompt_length must be >= 1"):
+        max_prompt_tokens(model, 4, max_prompt_length=0)
+    generate_responses(model, tok, [" ".join(words[:20]), "w1 w2"], max_new_tokens=4,
+                       batch_size=2, progress=False, max_prompt_length=10)
+    assert "1 prompts cut to 10 tokens (max_prompt_length 10;" in capsys.readouterr().err

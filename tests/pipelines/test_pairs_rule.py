@@ -114,12 +114,13 @@ def test_pairs_cli_passes_every_option_and_prints_the_counts(tmp_path, monkeypat
                  "--holdout", "harmbench", "--output-dir", str(tmp_path), "--refusal-prefix",
                  "I'm sorry, but", "--safety-tries", "2", "--max-new-tokens", "9",
                  "--max-prompts", "5", "--temperature", "0.7", "--top-p", "0.9", "--seed", "3",
-                 "--batch-size", "4", "--no-progress"])
+                 "--batch-size", "4", "--no-progress", "--max-prompt-length", "20"])
     out = capsys.readouterr().out
     assert code == 0
     assert seen == {"model": "m", "sources": ["advbench:2", "benign-howto"],
                     "out_dir": str(tmp_path), "max_prompts": 5, "holdout": "harmbench",
                     "system_prompt": None, "scorers": None, "max_new_tokens": 9,
+                    "max_prompt_length": 20,
                     "temperature": 0.7, "top_p": 0.9, "seed": 3, "batch_size": 4,
                     "safety_tries": 2, "refusal_prefix": "I'm sorry, but",
                     "prompt_template": None, "dtype": None, "overwrite": False,

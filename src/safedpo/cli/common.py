@@ -23,6 +23,10 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     """How answers are generated, for ``safedpo eval`` and ``safedpo pairs`` alike."""
     parser.add_argument("--max-new-tokens", type=int, default=128,
                         help="most tokens per answer")
+    parser.add_argument("--max-prompt-length", type=int, default=None,
+                        help="cut longer prompts from the left to this many tokens (TRL's "
+                             "max_prompt_length; each cut is counted on stderr); prompts are "
+                             "always cut to the model's positions less --max-new-tokens")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")

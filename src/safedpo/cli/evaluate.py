@@ -133,6 +133,7 @@ def _eval(args: argparse.Namespace) -> int:
     try:
         m = evaluate(args.model, args.prompts, out_dir, scorers=args.scorer,
                      prompt_template=args.prompt_template, max_new_tokens=args.max_new_tokens,
+                     max_prompt_length=args.max_prompt_length,
                      do_sample=args.do_sample, temperature=args.temperature, top_p=args.top_p,
                      seed=args.seed, batch_size=args.batch_size, split=args.split,
                      prompt_column=args.prompt_column, max_prompts=args.max_prompts,

@@ -70,7 +70,8 @@ def run(name: str, args: argparse.Namespace) -> int:
         s = pipeline.make_pairs(
             args.model, args.prompts, args.output_dir, max_prompts=args.max_prompts,
             holdout=args.holdout, system_prompt=args.system_prompt, scorers=args.scorer,
-            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+            max_new_tokens=args.max_new_tokens, max_prompt_length=args.max_prompt_length,
+            temperature=args.temperature, top_p=args.top_p,
             seed=args.seed, batch_size=args.batch_size, safety_tries=args.safety_tries,
             refusal_prefix=args.refusal_prefix, prompt_template=args.prompt_template,
             dtype=args.dtype, overwrite=args.overwrite, progress=not args.no_progress)

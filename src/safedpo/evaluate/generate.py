@@ -111,19 +111,22 @@ def _generation_config(model, tokenizer, *, max_new_tokens: int, do_sample: bool
     return gc
 
 
-def max_prompt_tokens(model, max_new_tokens: int) -> int | None:
-    """The most prompt tokens a generation may take: the model's positions
-    (config.max_position_embeddings, or n_positions) less ``max_new_tokens``; None when the
-    model does not say how many positions it has."""
+def max_prompt_tokens(model, max_new_tokens: int, max_prompt_length: int | None = None
+                      ) -> int | None:
+    """The most prompt tokens a generation may take: ``max_prompt_length`` when given (TRL's
+    name), and never more than the model's positions (config.max_position_embeddings, or
+    n_positions) less ``max_new_tokens``; None when neither limits it."""
+    if max_prompt_length is not None and max_prompt_length < 1:
+        raise ValueError(f"max_prompt_length must be >= 1, got {max_prompt_length}")
     config = getattr(model, "config", None)
     positions = getattr(config, "max_position_embeddings", None) or \
         getattr(config, "n_positions", None)
     if not isinstance(positions, int) or positions <= 0:
-        return None
+        return max_prompt_length
     if max_new_tokens >= positions:
         raise ValueError(f"max_new_tokens {max_new_tokens} leaves no room for the prompt: the "
                          f"model has {positions} positions in all")
-    return positions - max_new_tokens
+    return min(positions - max_new_tokens, max_prompt_length or positions)
 
 
 def _block_seed(seed: int, start: int) -> int:
@@ -136,7 +139,7 @@ def iter_generate(model, tokenizer, prompts: Sequence[str], *, indices: Sequence
                   prompt_template: str | None = None, system_prompt: str | None = None,
                   max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0,
                   top_p: float = 1.0, seed: int = 0, batch_size: int = 8,
-                  response_prefix: str = "",
+                  response_prefix: str = "", max_prompt_length: int | None = None,
                   progress: bool = True) -> Iterator[tuple[list[int], list[str]]]:
     """Generate responses for ``prompts[i]``, i in ``indices`` (default: all), one batch at a
     time; yields (indices, responses) per batch. Batches are the fixed blocks
@@ -147,6 +150,8 @@ def iter_generate(model, tokenizer, prompts: Sequence[str], *, indices: Sequence
     ``system_prompt``: a system message for every prompt (see ``format_prompt``).
     ``response_prefix``: text the answer is made to begin with (prefilled after the prompt; the
     response returned includes it), e.g. "I'm sorry, but" for the model's own refusals.
+    ``max_prompt_length``: cut longer prompts from the left to this many tokens (always to the
+    model's positions less ``max_new_tokens``); each cut is counted in one line on stderr.
     """
     wanted = set(range(len(prompts)) if indices is None else indices)
     starts = sorted({i // batch_size * batch_size for i in wanted})
@@ -163,7 +168,7 @@ def iter_generate(model, tokenizer, prompts: Sequence[str], *, indices: Sequence
         # Prompt ids exactly as in training (special prefix such as BOS once), cut from the
         # LEFT (the end of a prompt, where the question and the answer's start are, is kept,
         # as TRL does) to the model's positions less max_new_tokens; then left-padded.
-        limit = max_prompt_tokens(model, max_new_tokens)
+        limit = max_prompt_tokens(model, max_new_tokens, max_prompt_length)
         prefix = special_prefix(tokenizer)
         block_ids, n_cut = {}, 0
         for start in starts:
@@ -177,9 +182,10 @@ def iter_generate(model, tokenizer, prompts: Sequence[str], *, indices: Sequence
                     ids, n_cut = _cut_left(ids, limit, min(head, limit - 1)), n_cut + 1
                 block_ids[start].append(ids)
         if n_cut:
-            print(f"[safedpo] {n_cut} prompts cut to {limit} tokens (the model's positions "
-                  f"less max_new_tokens {max_new_tokens}; the start of each is dropped)",
-                  file=sys.stderr)
+            why = f"max_prompt_length {max_prompt_length}" if limit == max_prompt_length else \
+                f"the model's positions less max_new_tokens {max_new_tokens}"
+            print(f"[safedpo] {n_cut} prompts cut to {limit} tokens ({why}; the start of each "
+                  "is dropped)", file=sys.stderr)
         for start in starts:
             block = range(start, min(start + batch_size, len(prompts)))
             ids = block_ids.pop(start)

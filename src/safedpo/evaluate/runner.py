@@ -24,7 +24,7 @@ from safedpo.models.loading import load_trained
 # keeps its batch size (SAMPLING_KEYS): each batch has its own seed and its samples depend on
 # the whole batch.
 GENERATION_KEYS = ("model", "prompts", "split", "n_prompts", "prompt_template", "max_new_tokens",
-                   "do_sample", "temperature", "top_p", "seed")
+                   "max_prompt_length", "do_sample", "temperature", "top_p", "seed")
 SAMPLING_KEYS = ("batch_size",)
 
 
@@ -80,7 +80,7 @@ def _check_settings(path: Path, settings: dict, overwrite: bool, out_dir: Path) 
     elif path.exists() and (out_dir / "generations.jsonl").exists():
         old = json.loads(path.read_text())
         keys = GENERATION_KEYS + (SAMPLING_KEYS if settings["do_sample"] else ())
-        diff = {k: (old.get(k), settings[k]) for k in keys if old.get(k) != settings[k]}
+        diff = {k: (old.get(k), settings.get(k)) for k in keys if old.get(k) != settings.get(k)}
         if diff:
             changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
             if "batch_size" in diff:
@@ -122,6 +122,7 @@ def check_evaluation(prompts_source, *, scorers: Sequence[Scorer | str] | None =
 def evaluate(model, prompts_source, out_dir: str | Path, *,
              scorers: Sequence[Scorer | str] | None = None, tokenizer=None,
              prompt_template: str | None = None, max_new_tokens: int = 128,
+             max_prompt_length: int | None = None,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
              seed: int = 0, batch_size: int = 8, split: str = "test",
              prompt_column: str = "prompt", max_prompts: int | None = None,
@@ -153,6 +154,7 @@ def evaluate(model, prompts_source, out_dir: str | Path, *,
     out_dir = Path(out_dir)
     return _evaluate(model, prompts_source, out_dir, records, specs, tokenizer=tokenizer,
                      prompt_template=prompt_template, max_new_tokens=max_new_tokens,
+                     max_prompt_length=max_prompt_length,
                      do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed,
                      batch_size=batch_size, split=split, world_seed=world_seed,
                      reference=reference, label=label, answers=answers, n_boot=n_boot,
@@ -161,7 +163,8 @@ def evaluate(model, prompts_source, out_dir: str | Path, *,
 
 
 def _evaluate(model, prompts_source, out_dir: Path, records: list[dict], specs: list, *,
-              tokenizer, prompt_template, max_new_tokens, do_sample, temperature, top_p, seed,
+              tokenizer, prompt_template, max_new_tokens, max_prompt_length, do_sample,
+              temperature, top_p, seed,
               batch_size, split, world_seed, reference, label, answers, n_boot, dtype,
               overwrite, progress, trust_remote_code) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -175,12 +178,14 @@ def _evaluate(model, prompts_source, out_dir: Path, records: list[dict], specs: 
                 "max_new_tokens": max_new_tokens, "do_sample": do_sample,
                 "temperature": temperature if do_sample else None,
                 "top_p": top_p if do_sample else None, "seed": seed if do_sample else None,
-                "batch_size": batch_size}
+                "batch_size": batch_size,
+                **({"max_prompt_length": max_prompt_length} if max_prompt_length else {})}
     _check_settings(out_dir / "eval_config.json", settings, overwrite, out_dir)
 
     rows = generate_to_file(policy, tok, records, out_dir / "generations.jsonl",
                             prompt_template=template, max_new_tokens=max_new_tokens,
-                            do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed,
+                            max_prompt_length=max_prompt_length, do_sample=do_sample,
+                            temperature=temperature, top_p=top_p, seed=seed,
                             batch_size=batch_size, progress=progress)
     if given is not None:
         given = {"source": str(answers), "labels": [r["label"] for r in given],

@@ -73,8 +73,8 @@ from safedpo.train.engines import engine, run_engine
 
 # evaluate() keyword arguments a config's `evaluation:` section may set.
 EVAL_KEYS = ("prompts", "scorers", "split", "prompt_column", "max_prompts", "world_seed",
-             "max_new_tokens", "do_sample", "temperature", "top_p", "seed", "batch_size",
-             "n_boot", "answers")
+             "max_new_tokens", "max_prompt_length", "do_sample", "temperature", "top_p", "seed",
+             "batch_size", "n_boot", "answers")
 # Every method of a comparison must agree on these (same reference, data and seed).
 _SAME = ("model_name_or_path", "ref_model_name_or_path", "gguf_file", "dataset",
          "dataset_split", "dataset_config", "seed")

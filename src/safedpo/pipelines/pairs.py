@@ -156,7 +156,8 @@ def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
 
 def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: int | None = None,
                holdout: str | None = None, system_prompt: str | None = None,
-               scorers: list[str] | None = None, max_new_tokens: int = 64,
+               scorers: list[str] | None = None, max_new_tokens: int = 128,
+               max_prompt_length: int | None = None,
                temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
                batch_size: int = 8, safety_tries: int = 4, refusal_prefix: str | None = None,
                prompt_template: str | None = None, dtype=None, tokenizer=None,
@@ -189,6 +190,7 @@ def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: i
     try:
         return _make_pairs(model, sources, out, specs, max_prompts=max_prompts, holdout=holdout,
                            system_prompt=system_prompt, max_new_tokens=max_new_tokens,
+                           max_prompt_length=max_prompt_length,
                            temperature=temperature, top_p=top_p, seed=seed,
                            batch_size=batch_size, safety_tries=safety_tries,
                            refusal_prefix=refusal_prefix, prompt_template=prompt_template,
@@ -199,7 +201,8 @@ def make_pairs(model, sources: list[str], out_dir: str | Path, *, max_prompts: i
 
 
 def _make_pairs(model, sources: list[str], out: Path, specs: list[str], *, max_prompts,
-                holdout, system_prompt, max_new_tokens, temperature, top_p, seed, batch_size,
+                holdout, system_prompt, max_new_tokens, max_prompt_length, temperature, top_p,
+                seed, batch_size,
                 safety_tries, refusal_prefix, prompt_template, dtype, tokenizer, overwrite,
                 progress) -> dict:
     # heavy (torch, through tokenization): imported when pairs are made, so --help stays fast
@@ -214,9 +217,11 @@ def _make_pairs(model, sources: list[str], out: Path, specs: list[str], *, max_p
                 "temperature": temperature,
                 "top_p": top_p, "seed": seed, "batch_size": batch_size,
                 "system_prompt": system_prompt, "holdout": holdout, "scorers": specs,
-                "safety_tries": safety_tries, "refusal_prefix": refusal_prefix}
+                "safety_tries": safety_tries, "refusal_prefix": refusal_prefix,
+                **({"max_prompt_length": max_prompt_length} if max_prompt_length else {})}
     _check_settings(out, settings, overwrite)
-    gen = {"prompt_template": template, "max_new_tokens": max_new_tokens, "do_sample": True,
+    gen = {"prompt_template": template, "max_new_tokens": max_new_tokens,
+           "max_prompt_length": max_prompt_length, "do_sample": True,
            "temperature": temperature, "top_p": top_p, "batch_size": batch_size,
            "progress": progress}
     prompts = [r["prompt"] for r in records]
