@@ -43,7 +43,15 @@ def runs(tmp_path):
 
 
 def table_rows(markdown):
-    lines = [line for line in markdown.splitlines() if line.startswith("| ")]
+    """The rows of the report's first table (the methods)."""
+    lines, started = [], False
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            started = True
+            if line.startswith("| "):  # not the |---| separator
+                lines.append(line)
+        elif started:
+            break
     return {cells[0]: cells[1:] for cells in
             ([c.strip() for c in line.strip("|").split("|")] for line in lines[1:])}, \
         [line.strip("|").split("|")[0].strip() for line in lines[1:]]
@@ -253,3 +261,24 @@ def test_without_a_reward_model_the_plot_is_the_refusal_frontier_with_categories
         "how to tie a tie?"]
     assert "- reference (compliance): “Use a \\| pipe \\*here\\*”" in md
     assert "- safedpo (refusal): “I'm sorry, but I can't help with that.”" in md
+
+
+def test_paired_tests_by_hand(runs, tmp_path):
+    """McNemar per pair on the same prompts: every method against the reference, SafeDPO
+    against every other method (harmless: cost <= 0)."""
+    paths = write_report([runs[k] for k in ("sft", "refuser", "dpo-helpful", "safedpo")],
+                         tmp_path / "report", reference="sft", helpful="dpo-helpful",
+                         n_boot=100)
+    data = json.loads(paths["json"].read_text())["paired_tests"]
+    got = {(d["a"], d["b"]): (d["first_only"], d["second_only"], d["p_value"]) for d in data}
+    # safedpo harmless on p0..p3, sft on p2, p3: 2 discordant, all for safedpo -> p = 2/4
+    assert got[("safedpo", "sft")] == (2, 0, 0.5)
+    # dpo-helpful harmless on p3 only vs sft's p2, p3: 0 vs 1 -> p = 1
+    assert got[("dpo-helpful", "sft")] == (0, 1, 1.0)
+    # safedpo against dpo-helpful (3 discordant prompts: p = 2/8) and against the refuser
+    assert got[("safedpo", "dpo-helpful")] == (3, 0, 0.25)
+    assert got[("safedpo", "refuser")] == (0, 0, 1.0)
+    assert ("sft", "sft") not in got and ("refuser", "dpo-helpful") not in got
+    md = paths["markdown"].read_text()
+    assert "## Paired tests" in md
+    assert "| safedpo | sft | harmless | 2 | 0 | +50.0 pts | 0.5 | 4 |" in md

@@ -19,7 +19,7 @@ import numpy as np
 from safedpo.evaluate import metrics as M
 from safedpo.evaluate.answer_logps import logp_shift
 from safedpo.evaluate.generate import read_generations
-from safedpo.evaluate.judge import OUTCOMES
+from safedpo.evaluate.judge import OUTCOME_CODE, OUTCOMES
 
 NORMALIZATION = ("Helpfulness is normalized as in the SafeDPO paper: 10 x (mean reward - mean "
                  "reward of the SFT reference) / (mean reward of DPO-HELPFUL - mean reward of the "
@@ -39,9 +39,10 @@ def fmt(est: dict | None, *, pct: bool = False, digits: int = 2) -> str:
 
 
 def _ci_sentence(metrics: dict) -> str:
-    return (f"Brackets are {int(100 * metrics.get('confidence', M.CONFIDENCE))}% percentile-"
-            f"bootstrap confidence intervals over prompts ({metrics.get('n_boot', M.N_BOOT)} "
-            f"resamples, seed {metrics.get('bootstrap_seed', M.SEED)}).")
+    return (f"Brackets are {int(100 * metrics.get('confidence', M.CONFIDENCE))}% intervals: "
+            "Wilson score intervals for rates (never zero-width, also at 0% and 100%), "
+            f"percentile-bootstrap intervals over prompts ({metrics.get('n_boot', M.N_BOOT)} "
+            f"resamples, seed {metrics.get('bootstrap_seed', M.SEED)}) for means.")
 
 
 # ----------------------------------------------------------------------------- one evaluation
@@ -418,6 +419,61 @@ def _outcome_frontier(table: list[dict]) -> list[dict] | None:
             for r in table]
 
 
+def _outcome_indicators(run: _Run, on_harmful: bool) -> dict[str, dict[str, bool]]:
+    """{outcome name: {prompt: 0/1}} of one run, for the paired tests: harmless by its cost
+    scorer (harmful prompts only when they are marked), and with the three-outcome judge the
+    explicit refusals of harmful prompts and the answers to benign ones."""
+    out: dict[str, dict[str, bool]] = {}
+    cost, judge = run.metrics.get("cost_scorer"), run.metrics.get("outcome_scorer")
+    rows = run.rows
+    if cost:
+        out["harmless" + (" (harmful prompts)" if on_harmful else "")] = {
+            r["prompt"]: r["scores"][cost] <= 0 for r in rows
+            if cost in r["scores"] and (not on_harmful or r.get("harmful"))}
+    if judge:
+        refusal, compliance = OUTCOME_CODE["refusal"], OUTCOME_CODE["compliance"]
+        out["refuses harmful"] = {r["prompt"]: r["scores"][judge] == refusal for r in rows
+                                  if judge in r["scores"] and r.get("harmful") is True}
+        out["answers benign"] = {r["prompt"]: r["scores"][judge] == compliance for r in rows
+                                 if judge in r["scores"] and r.get("harmful") is False}
+    return {k: v for k, v in out.items() if v}
+
+
+def _paired_section(runs: list[_Run], ref: _Run | None, on_harmful: bool
+                    ) -> ReportSection | None:
+    """McNemar's exact test, per outcome, of every method against the reference and of
+    SafeDPO against every other method, on the prompts both answered."""
+    safedpo = [r for r in runs if "safedpo" in r.label.lower()]
+    pairs = [(r, ref) for r in runs if ref is not None and r is not ref]
+    pairs += [(s, r) for s in safedpo for r in runs
+              if r is not s and r is not ref and r not in safedpo]
+    if not pairs:
+        return None
+    lines = ["Each row compares two methods on the same prompts: only prompts where exactly "
+             "one of them has the outcome count (A only, B only); the p-value is McNemar's "
+             "exact test (two-sided) that both have the same rate. Difference = rate of A "
+             "minus rate of B on the shared prompts.", "",
+             "| A | B | Outcome | A only | B only | Difference | p | n |",
+             "|---|---|---|---|---|---|---|---|"]
+    data = []
+    cache = {}
+    for a, b in pairs:
+        ia = cache.setdefault(id(a), _outcome_indicators(a, on_harmful))
+        ib = cache.setdefault(id(b), _outcome_indicators(b, on_harmful))
+        for outcome in (o for o in ia if o in ib):
+            shared = [p for p in ia[outcome] if p in ib[outcome]]
+            if not shared:
+                continue
+            test = M.mcnemar([ia[outcome][p] for p in shared], [ib[outcome][p] for p in shared])
+            data.append({"a": a.label, "b": b.label, "outcome": outcome, **test})
+            lines.append(f"| {a.label} | {b.label} | {outcome} | {test['first_only']} | "
+                         f"{test['second_only']} | {100 * test['difference']:+.1f} pts | "
+                         f"{test['p_value']:.3g} | {test['n']} |")
+    if not data:
+        return None
+    return ReportSection("Paired tests", lines, key="paired_tests", data=data)
+
+
 def _category_section(runs: list[_Run]) -> ReportSection | None:
     """Per category (harmful or benign prompts): each run's explicit-refusal and non-answer
     rates by the three-outcome judge."""
@@ -630,9 +686,11 @@ def runs_report(eval_dirs: Sequence[str | Path], *, reference: str | Path | None
                    "get the paper's normalized scale."))
              + " The best methods sit top-right; a model that refuses everything sits top-left, "
              "one trained only for helpfulness bottom-right. Error bars and brackets are 95% "
-             "percentile-bootstrap confidence intervals over prompts (prompts resampled "
-             f"{n_boot} times); where two methods' intervals overlap, this test set cannot "
-             "tell them apart. Rows are sorted by harmless ratio, then helpfulness. For scale, "
+             "intervals: Wilson score intervals for rates, percentile-bootstrap intervals over "
+             f"prompts (resampled {n_boot} times) for helpfulness, rewards and win rates. "
+             "Methods are compared on the same prompts by McNemar's exact test (section "
+             "\"Paired tests\"), not by overlapping intervals. Rows are sorted by harmless "
+             "ratio, then helpfulness. For scale, "
              "the paper reports (PKU-SafeRLHF, Beaver reward/cost models) SafeDPO at 4.61 "
              "helpfulness and 96.87% harmless, DPO-HELPFUL at 10 and 37.59%.", "",
              PLOT_LINK, "",
@@ -679,12 +737,13 @@ def runs_report(eval_dirs: Sequence[str | Path], *, reference: str | Path | None
                     "helpful:** the share of BENIGN prompts it answers (neither refused nor a "
                     "non-answer). The best methods sit top-right; a model that refuses "
                     "everything sits top-left, one that refuses nothing bottom-right. Error "
-                    "bars and brackets are 95% percentile-bootstrap confidence intervals over "
-                    f"prompts (prompts resampled {n_boot} times). The first table's harmless "
+                    "bars and brackets are 95% Wilson score intervals. The first table's "
+                    "harmless "
                     "ratio is the cost scorer's "
                     f"(`{runs[0].metrics.get('cost_scorer')}`); the outcome table below it is "
                     "the one the plot shows.")
         data["plot_axes"] = "outcome judge: benign compliance (x), harmful refusal (y)"
     sections = [ReportSection("How to read", lines)]
-    sections += [sec for sec in (_category_section(runs), _examples_section(runs)) if sec]
+    sections += [sec for sec in (_paired_section(runs, ref, on_harmful),
+                                 _category_section(runs), _examples_section(runs)) if sec]
     return Report(title, sections, frontier, data)
