@@ -16,7 +16,7 @@ from safedpo.models.sources import (
     MissingPackageError,
     resolve_model_source,
 )
-from safedpo.pipelines.pairs import first_sentence, make_pairs
+from safedpo.pipelines.pairs import first_sentence, make_pairs, prefix_refuses
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]
 
@@ -170,7 +170,12 @@ def test_a_refusal_prefix_gives_every_prompt_the_models_own_one_sentence_refusal
     assert rows and len(rows) == s["n_pairs"]
     for row in rows:
         assert row["response_1"].startswith(prefix) and row["is_response_1_safe"] is True
-        # kept with a plain non-answer: only on a benign prompt, where the refusal is the more
-        # helpful and the non-answer the (equally safe) more cautious one
-        expected = (0, 1) if plain[row["prompt"]] == "compliance" else (1, 0)
-        assert (row["better_response_id"], row["safer_response_id"]) == expected
+        # what the model wrote after the prefix is a refusal (else the pair is dropped)
+        assert prefix_refuses(row["prompt"], row["response_1"], prefix)
+        # the better answer is the plain one, an answer: a refusal is never taught as the
+        # better answer of a benign prompt (such pairs are dropped and counted)
+        assert plain[row["prompt"]] == "compliance"
+        assert (row["better_response_id"], row["safer_response_id"]) == (0, 1)
+    reasons = {r for by in s["pairs"].values() for r in by}
+    assert {"refusal prefix continued without refusing",
+            "benign prompt, the better answer does not answer"} <= reasons

@@ -48,6 +48,8 @@ def test_safety_of_one_answer(outcome, harmful, cost, unsafe):
     (HARMFUL, (COMPLY, COMPLY + " Then open it."), True, (None, "equal helpfulness")),
     (HARMFUL, (REFUSE, "I cannot help with picking locks."), True, (None, "equal helpfulness")),
     (BENIGN, (COOKIES, " " + COOKIES), False, (None, "identical answers")),
+    # benign: a refusal (or a non-answer) is never the better answer to teach
+    (BENIGN, (BABBLE, REFUSE), False, (None, "benign prompt, the better answer does not answer")),
 ])
 def test_default_rule_on_hand_made_answers(prompt, answers, harmful, expected):
     outcomes = tuple(classify(prompt, a) for a in answers)
@@ -63,6 +65,23 @@ def test_models_decide_when_given():
                                            "is_response_1_safe": True}
     assert label_pair((COMPLY, REFUSE), ("compliance", "refusal"), True,
                       rewards=(0.3, 0.3)) == (None, "equal helpfulness")
+    # a reward model preferring a refusal of a benign prompt: no pair
+    assert label_pair((COOKIES, REFUSE), ("compliance", "refusal"), False,
+                      rewards=(0.1, 0.7)) == (None, "benign prompt, the better answer does not "
+                                                    "answer")
+
+
+@pytest.mark.parametrize("answer,refuses", [
+    ("I'm sorry, but I can't help with that.", True),
+    ("I'm sorry, but I'm unable to assist with that request.", True),
+    ("I'm sorry, but here are the steps: 1. insert a tension wrench into the keyhole.", False),
+    ("I'm sorry, but first insert a tension wrench, then rake the pins.", False),
+])
+def test_only_what_follows_a_refusal_prefix_is_judged(answer, refuses):
+    from safedpo.pipelines.pairs import prefix_refuses
+
+    assert prefix_refuses(HARMFUL, answer, "I'm sorry, but") is refuses
+    assert classify(HARMFUL, answer) == "refusal"  # the judge alone sees the opening only
 
 
 def test_written_rows_have_the_v1_columns_and_load_as_safedpo_pairs(tmp_path):

@@ -50,7 +50,9 @@ from safedpo.data.prompts import SAFETY_SYSTEM_PROMPT
 from safedpo.evaluate.judge import OUTCOMES, classify
 
 HELPFULNESS_RANK = {"compliance": 2, "refusal": 1, "nonanswer": 0}
-DROP_REASONS = ("identical answers", "non-answer to a harmful prompt", "equal helpfulness")
+DROP_REASONS = ("identical answers", "non-answer to a harmful prompt", "equal helpfulness",
+                "benign prompt, the better answer does not answer",
+                "refusal prefix continued without refusing")
 
 
 def judge_answer(outcome: str, harmful: bool, cost: float | None = None) -> bool | None:
@@ -79,6 +81,10 @@ def label_pair(answers: tuple[str, str], outcomes: tuple[str, str], harmful: boo
     if helpful[0] == helpful[1]:
         return None, "equal helpfulness"
     better = 0 if helpful[0] > helpful[1] else 1
+    if not harmful and outcomes[better] != "compliance":
+        # A refusal or a non-answer is never the answer to teach for a benign prompt (e.g. a
+        # non-answer plain reply against the safety prompt's refusal): no pair at all.
+        return None, "benign prompt, the better answer does not answer"
     if unsafe[0] != unsafe[1]:
         safer = 0 if not unsafe[0] else 1
     elif costs is not None and costs[0] != costs[1]:
@@ -87,6 +93,14 @@ def label_pair(answers: tuple[str, str], outcomes: tuple[str, str], harmful: boo
         safer = 1 - better
     return {"better_response_id": better, "safer_response_id": safer,
             "is_response_0_safe": not unsafe[0], "is_response_1_safe": not unsafe[1]}, "kept"
+
+
+def prefix_refuses(prompt: str, answer: str, prefix: str) -> bool:
+    """Whether an answer forced to open with ``prefix`` ("I'm sorry, but") refuses: the
+    opening is ours, not the model's, so only what the model wrote after it is judged
+    ("I'm sorry, but here are the steps: 1." does not refuse)."""
+    rest = answer[len(prefix):] if answer.startswith(prefix) else answer
+    return classify(prompt, rest.strip()) == "refusal"
 
 
 def first_sentence(text: str) -> str:
@@ -256,7 +270,8 @@ def _make_pairs(model, sources: list[str], out: Path, specs: list[str], *, max_p
     for scorer in build_scorers(specs, batch_size=batch_size, dtype=dtype, progress=progress):
         scores[scorer.kind] = [scorer.score(prompts, a) for a in answers]  # [plain, safety]
     outcomes = [[classify(p, a) for p, a in zip(prompts, col)] for col in answers]
-
+    continued = [prefix_refuses(p, a, refusal_prefix) if refusal_prefix else True
+                 for p, a in zip(prompts, answers[1])]
     kept, dropped = [], []
     counts = {side: {h: Counter() for h in ("harmful", "benign")} for side in ("plain", "safety")}
     reasons = {h: Counter() for h in ("harmful", "benign")}
@@ -267,8 +282,11 @@ def _make_pairs(model, sources: list[str], out: Path, specs: list[str], *, max_p
         for side, o in zip(("plain", "safety"), outs):
             counts[side][h][o] += 1
         pick = {k: (v[0][i], v[1][i]) for k, v in scores.items()}
-        labels, reason = label_pair(pair, outs, rec["harmful"],
-                                    costs=pick.get("cost"), rewards=pick.get("reward"))
+        if not continued[i]:
+            labels, reason = None, "refusal prefix continued without refusing"
+        else:
+            labels, reason = label_pair(pair, outs, rec["harmful"],
+                                        costs=pick.get("cost"), rewards=pick.get("reward"))
         reasons[h][reason] += 1
         if labels is None:
             dropped.append({"prompt": rec["prompt"], "harmful": rec["harmful"], "reason": reason,
