@@ -52,6 +52,34 @@ def dpo_passes(run_dir: Path) -> dict:
             "forward": rows + ref, "backward": rows, "generated_tokens": 0}
 
 
+def run_saferlhf(config: str, demo: Path, run_dir: Path, *, seed: int, reuse: bool,
+                 **overrides) -> dict:
+    """Safe RLHF from the demo's reference on the demo's pairs (``config`` then ``overrides``)
+    into ``run_dir``; -> its train summary (a finished one is kept when ``reuse``)."""
+    done = run_dir / "train_summary.json"
+    if reuse and done.is_file():
+        return json.loads(done.read_text())
+    return train(load_config(config, cls=SafeRLHFConfig, model_name_or_path=str(demo / "sft"),
+                             dataset=str(demo / "data" / "train.jsonl"),
+                             output_dir=str(run_dir), overwrite_output_dir=True, seed=seed,
+                             **overrides))
+
+
+def exact_rows(demo: Path, runs: dict[str, Path], seed: int) -> dict:
+    """The demo's exact metrics on the held-out prompts (``evaluate_exact``) of the reference,
+    the demo's DPO runs, ``runs`` and pi*: harmless ratio, helpfulness (reference 0,
+    DPO-HELPFUL 10), TV to pi*, garbled mass, over-refusal."""
+    report = json.loads((demo / "report.json").read_text())
+    dirs = {"reference": demo / "sft", **{name: demo / name for name in DPO_RUNS}, **runs}
+    exact = evaluate_exact(World(seed), dirs, beta=report["beta"])
+    r_ref, r_help = exact["reference"]["reward"], exact["dpo_helpful"]["reward"]
+    return {name: {"harmless_ratio": exact[name]["harmless_ratio"],
+                   "helpfulness": 10 * (exact[name]["reward"] - r_ref) / (r_help - r_ref),
+                   "tv_to_optimum": exact[name]["tv_to_optimum"],
+                   "garbled": exact[name]["garbled"], "over_refusal": exact[name]["over_refusal"]}
+            for name in (*dirs, "optimum")}
+
+
 def cpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
@@ -73,36 +101,19 @@ def main() -> int:
     args = parser.parse_args()
     demo, out = Path(args.demo_dir), Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = json.loads((demo / "report.json").read_text())
     load_start = os.getloadavg()
     costs = {name: dpo_passes(demo / name) for name in DPO_RUNS}
     # The learned reward/cost models, and the oracle's (perfect score models: what is left
     # is the distance PPO-Lagrangian itself keeps from pi*).
     for name, models in SAFERLHF_RUNS.items():
-        done = out / name / "train_summary.json"
-        if args.reuse and done.is_file():
-            summary = json.loads(done.read_text())
-        else:
-            summary = train(load_config(args.config, cls=SafeRLHFConfig,
-                                        model_name_or_path=str(demo / "sft"),
-                                        dataset=str(demo / "data" / "train.jsonl"),
-                                        output_dir=str(out / name), overwrite_output_dir=True,
-                                        seed=args.seed, **models))
+        summary = run_saferlhf(args.config, demo, out / name, seed=args.seed, reuse=args.reuse,
+                               **models)
         costs[name] = {"train_seconds": summary["train_seconds"],
                        "steps": summary["global_step"], **summary["passes"],
                        "parts_seconds": {"ppo": summary["ppo_seconds"], **{
                            k: v["train_seconds"] for k, v in summary["score_models"].items()}}}
-    runs = {name: demo / name for name in DPO_RUNS} | {name: out / name for name in SAFERLHF_RUNS}
-    exact = evaluate_exact(World(args.seed), {"reference": demo / "sft", **runs},
-                           beta=report["beta"])
-    r_ref, r_help = exact["reference"]["reward"], exact["dpo_helpful"]["reward"]
-    rows = {}
-    for name in ("reference", *runs, "optimum"):
-        m = exact[name]
-        rows[name] = {"harmless_ratio": m["harmless_ratio"],
-                      "helpfulness": 10 * (m["reward"] - r_ref) / (r_help - r_ref),
-                      "tv_to_optimum": m["tv_to_optimum"], "garbled": m["garbled"],
-                      "over_refusal": m["over_refusal"], **costs.get(name, {})}
+    rows = exact_rows(demo, {name: out / name for name in SAFERLHF_RUNS}, args.seed)
+    rows = {name: {**m, **costs.get(name, {})} for name, m in rows.items()}
     result = {"machine": cpu_model(), "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
               "config": args.config, "demo": str(demo), "methods": rows}
     (out / "cost.json").write_text(json.dumps(result, indent=2) + "\n")
