@@ -11,6 +11,7 @@ category, the over-refusal (refusal probability on benign prompts), garbled mass
 
     python scripts/margins_study.py                        # seeds 0 1 2 -> docs/margins_study.json
     python scripts/margins_study.py --seeds 0 --fast       # a smoke run (numbers meaningless)
+    python scripts/margins_study.py --threads 1 --result /tmp/t1.json   # the thread-count check
 
 Finished runs under OUTPUT_DIR are reused when their settings are unchanged.
 """
@@ -200,7 +201,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--output-dir", default="runs/margins-study")
+    parser.add_argument("--output-dir", default=None,
+                        help="default runs/margins-study-tN, N = --threads: the thread count "
+                             "changes the float sums, so runs of another count are not reused")
     parser.add_argument("--result", default="docs/margins_study.json")
     parser.add_argument("--recipe", default=str(RECIPE_FILE))
     parser.add_argument("--fast", action="store_true", help="the demo's --fast sizes (smoke)")
@@ -209,10 +212,11 @@ def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(args.threads)
     recipe = load_recipe(args.recipe, fast=args.fast)
+    output_dir = args.output_dir or f"runs/margins-study-t{args.threads}"
     t0 = time.time()
     per_seed = {}
     for seed in args.seeds:
-        per_seed[seed] = run_seed(seed, Path(args.output_dir) / f"seed-{seed}", recipe,
+        per_seed[seed] = run_seed(seed, Path(output_dir) / f"seed-{seed}", recipe,
                                   args.variants, lambda m: print(m, flush=True))
     names = ["reference"] + args.variants + ["optimum"]
     agg = aggregate(per_seed, names)
