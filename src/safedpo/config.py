@@ -63,7 +63,13 @@ class TrainConfig:
         None, "PKU-SafeRLHF name -> the column in your data, e.g. {prompt: question}")
     view: str = _f(
         "safedpo", "pairs to build: safedpo (keep/swap/drop), helpful, harmless, safebetter")
-    keep_both_unsafe: bool = _f(False, "keep rows where both responses are unsafe (ablation)")
+    keep_both_unsafe: bool = _f(
+        False, "keep rows where both responses are unsafe (ablation; = both_unsafe: keep)")
+    both_unsafe: str = _f(
+        "drop", "view safedpo, rows with two unsafe responses: drop (the paper), keep (the "
+        "ablation, margin 0) or by_severity (the less severe answer is chosen, margin "
+        "both_unsafe_delta * (s_l - s_w); equal or missing severities dropped); see "
+        "docs/margins.md")
     skip_invalid: bool = _f(False, "skip (and count) invalid rows instead of stopping")
     prompt_column: str = _f("prompt", "sft: prompt column")
     response_column: str = _f("response", "sft: response column")
@@ -74,6 +80,20 @@ class TrainConfig:
     loss_type: str = _f("safedpo", "loss: any key of safedpo.losses.LOSSES (safedpo, dpo, ...)")
     beta: float = _f(0.1, "KL strength beta (scales the log-ratios)")
     delta: float = _f(10.0, "SafeDPO margin Delta >= 0 (not multiplied by beta)")
+    delta_by_severity: dict[int, float] = _f(
+        {}, "Delta per severity level (0..3) of the pair's UNSAFE answer, e.g. {1: 2, 3: 20}; "
+        "with delta_by_category the largest matching value wins, unmatched pairs get delta")
+    delta_by_category: dict[str, float] = _f(
+        {}, "Delta per harm category of the pair's UNSAFE answer, e.g. {Violence: 20}; several "
+        "categories: the largest; names must occur in the data")
+    both_unsafe_delta: float = _f(
+        1.0, "both_unsafe: by_severity: margin per severity level of gap (Delta_sev)")
+    adaptive_delta_target: float | None = _f(
+        None, "adaptive per-category Delta (Cat-DPO style): the target implicit-reward margin "
+        "on each category's harmful pairs; None = off. Delta_c <- clip(Delta_c + "
+        "adaptive_delta_lr * (target - mean margin_c), 0, adaptive_delta_max) every step")
+    adaptive_delta_lr: float = _f(0.1, "adaptive Delta: step size eta of the update")
+    adaptive_delta_max: float = _f(20.0, "adaptive Delta: upper clip Delta_max")
     loss_kwargs: dict[str, Any] = _f({}, "extra keyword arguments for the loss function")
     rpo_alpha: float | None = _f(
         None, "weight of an NLL term on the chosen response (RPO); None = off")
@@ -517,9 +537,15 @@ def validate(config: TrainConfig) -> None:
         bad(f"dtype {config.dtype!r} is not a weight dtype; use one of {', '.join(DTYPES)} "
             "(or none = float32)")
     try:
-        check_view(config.view, config.keep_both_unsafe)
+        check_view(config.view, config.keep_both_unsafe, config.both_unsafe)
     except ValueError as e:
         bad(f"view: {e}")
+    from safedpo.data.margins import check_margin_config  # the margin maps and modes
+
+    try:
+        check_margin_config(config)
+    except ValueError as e:
+        bad(str(e))
     if config.column_map:
         check_keys(config.column_map, COLUMN_NAMES, "column_map", noun="PKU-SafeRLHF column")
     if isinstance(config, SafeRLHFConfig):

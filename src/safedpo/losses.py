@@ -46,16 +46,20 @@ def safety_margin(chosen_unsafe: Tensor, rejected_unsafe: Tensor, delta: float) 
 
 
 def _safety_logit(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
-                  ref_rejected_logps, chosen_unsafe, rejected_unsafe, beta, delta
+                  ref_rejected_logps, chosen_unsafe, rejected_unsafe, beta, delta, margin=None
                   ) -> tuple[Tensor, Tensor, Tensor]:
     """-> (beta*(logratio_w - logratio_l) - (h~_l - h~_w)*Delta, logratio_w, logratio_l), each
-    (B,). SafeDPO's logit; BSO's log R is its negative. The margin is NOT scaled by beta."""
+    (B,). SafeDPO's logit; BSO's log R is its negative. The margin is NOT scaled by beta.
+    ``margin`` (B,), when given, replaces (h~_l - h~_w)*Delta: a per-pair margin
+    (``safedpo.data.margins``: Delta by severity/category, both-unsafe pairs by severity)."""
     if delta < 0:
         raise ValueError(f"delta must be >= 0, got {delta}")
     chosen, rejected = _implicit_rewards(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
     )
-    margin = safety_margin(chosen_unsafe, rejected_unsafe, delta).to(chosen.dtype)
+    if margin is None:
+        margin = safety_margin(chosen_unsafe, rejected_unsafe, delta)
+    margin = margin.to(chosen.dtype)
     return beta * (chosen - rejected) - margin, chosen, rejected
 
 
@@ -68,16 +72,18 @@ def safedpo_loss(
     rejected_unsafe: Tensor,
     beta: float = 0.1,
     delta: float = 10.0,
+    margin: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """SafeDPO on pairs AFTER the safety transformation (chosen = y~_w, rejected = y~_l).
 
     L = -log sigmoid(beta*logratio_w - beta*logratio_l - (h~_l - h~_w) * Delta).
     ``chosen_unsafe`` / ``rejected_unsafe`` are bool (B,) UNSAFE flags (h~ in the paper).
-    Delta = 0 is exactly DPO on the transformed pairs.
+    Delta = 0 is exactly DPO on the transformed pairs. ``margin`` (B,): a per-pair margin that
+    replaces (h~_l - h~_w) * Delta (docs/margins.md).
     """
     logit, chosen, rejected = _safety_logit(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-        chosen_unsafe, rejected_unsafe, beta, delta,
+        chosen_unsafe, rejected_unsafe, beta, delta, margin,
     )
     return -F.logsigmoid(logit), beta * chosen.detach(), beta * rejected.detach()
 
@@ -137,6 +143,7 @@ def bso_loss(
     s: float = 4.0,
     log_r_min: float = -30.0,
     log_r_max: float | None = None,
+    margin: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """BSO on pairs AFTER the safety transformation (our reading of arXiv 2605.12339; see above).
 
@@ -150,11 +157,12 @@ def bso_loss(
     that starts at log R = C. With C = 30 such a pair starts at a loss (and gradient) of about
     e^36 / 4 ~ 1e15: gradient clipping and Adam's scale invariance carry it, as in the paper's
     setup; the logged loss is correspondingly large.
+    ``margin`` (B,): a per-pair margin C that replaces (h~_l - h~_w) * C (docs/margins.md).
     Returns (losses, chosen_rewards, rejected_rewards), rewards = beta * log-ratio, detached.
     """
     logit, chosen, rejected = _safety_logit(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-        chosen_unsafe, rejected_unsafe, beta, delta,
+        chosen_unsafe, rejected_unsafe, beta, delta, margin,
     )
     log_r = -logit
     if generator != "logistic":
@@ -166,28 +174,34 @@ def bso_loss(
     return losses, beta * chosen.detach(), beta * rejected.detach()
 
 
-def _dpo_entry(pc, pr, rc, rr, chosen_unsafe, rejected_unsafe, *, beta, delta=0.0):
-    return dpo_loss(pc, pr, rc, rr, beta=beta)  # DPO has no safety margin: delta is unused
+def _dpo_entry(pc, pr, rc, rr, chosen_unsafe, rejected_unsafe, *, beta, delta=0.0,
+               margin=None):
+    # DPO has no safety margin: delta and margin are unused
+    return dpo_loss(pc, pr, rc, rr, beta=beta)
 
 
-def _safedpo_entry(pc, pr, rc, rr, chosen_unsafe, rejected_unsafe, *, beta, delta):
-    return safedpo_loss(pc, pr, rc, rr, chosen_unsafe, rejected_unsafe, beta=beta, delta=delta)
+def _safedpo_entry(pc, pr, rc, rr, chosen_unsafe, rejected_unsafe, *, beta, delta, margin=None):
+    return safedpo_loss(pc, pr, rc, rr, chosen_unsafe, rejected_unsafe, beta=beta, delta=delta,
+                        margin=margin)
 
 
 def _bso_entry(generator):
     # loss_kwargs for BSO: bso_loss's own options (lam, s, log_r_min, log_r_max).
     def entry(pc, pr, rc, rr, chosen_unsafe, rejected_unsafe, *, beta, delta, lam=0.2, s=4.0,
-              log_r_min=-30.0, log_r_max=None):
+              log_r_min=-30.0, log_r_max=None, margin=None):
         return bso_loss(pc, pr, rc, rr, chosen_unsafe, rejected_unsafe, beta=beta, delta=delta,
                         generator=generator, lam=lam, s=s, log_r_min=log_r_min,
-                        log_r_max=log_r_max)
+                        log_r_max=log_r_max, margin=margin)
 
     entry.__name__ = f"_bso_{generator}_entry"
     return entry
 
 
 # loss_type -> fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected, chosen_unsafe,
-#                 rejected_unsafe, *, beta, delta, **loss_kwargs) -> (losses, r_chosen, r_rejected)
+#                 rejected_unsafe, *, beta, delta, margin=None, **loss_kwargs)
+#              -> (losses, r_chosen, r_rejected); margin (B,) replaces (h~_l - h~_w) * delta
+# Keywords every entry takes from the objective, not from loss_kwargs.
+CORE_KEYWORDS = ("beta", "delta", "margin")
 LOSSES = {
     "dpo": _dpo_entry,
     "safedpo": _safedpo_entry,
@@ -197,10 +211,11 @@ LOSSES = {
 
 
 def loss_options(loss_type: str) -> tuple[str, ...]:
-    """The ``loss_kwargs`` keys ``LOSSES[loss_type]`` accepts (its keywords past beta, delta)."""
+    """The ``loss_kwargs`` keys ``LOSSES[loss_type]`` accepts (its keywords past beta, delta,
+    margin)."""
     params = inspect.signature(LOSSES[loss_type]).parameters.values()
     return tuple(p.name for p in params
-                 if p.kind is p.KEYWORD_ONLY and p.name not in ("beta", "delta"))
+                 if p.kind is p.KEYWORD_ONLY and p.name not in CORE_KEYWORDS)
 
 
 def check_loss_kwargs(loss_type: str, loss_kwargs: dict) -> None:

@@ -17,6 +17,9 @@ ROW = {"prompt": "how do I pick a lock", "response_0": "use a tension wrench",
        "response_1": "I cannot help with that", "better_response_id": 0, "safer_response_id": 1,
        "is_response_0_safe": False, "is_response_1_safe": True}
 BOTH_UNSAFE = {**ROW, "is_response_1_safe": False}
+V1_ROW = {**ROW, "response_0_harm_category": {"Violence": True, "Drugs": False},
+          "response_1_harm_category": {"Violence": False, "Drugs": False},
+          "response_0_severity_level": 2, "response_1_severity_level": 0}
 
 # (case id, extra arguments ({tmp} = the test's folder), facts the message must contain)
 CASES = [
@@ -37,6 +40,10 @@ CASES = [
     ("safedpo-kwargs", ["--loss_kwargs", "{foo: 1}"], ["loss_kwargs", "'foo'", "'safedpo'"]),
     ("all-both-unsafe", ["--dataset", "{tmp}/both_unsafe.jsonl"],
      ["both_unsafe.jsonl", "3 rows", "two unsafe responses", "--keep_both_unsafe", "--view"]),
+    ("severity-map", ["--delta_by_severity", "{5: 2}"],
+     ["delta_by_severity", "severity level 5", "allowed: 0, 1, 2, 3"]),
+    ("category-map", ["--dataset", "{tmp}/v1.jsonl", "--delta_by_category", "{Violance: 2}"],
+     ["delta_by_category", "'Violance'", "did you mean 'Violence'", "the data has: Violence"]),
     ("missing-model", ["--model_name_or_path", "{tmp}/no_such_model"],
      ["no_such_model", "not found"]),
     ("duplicate-key", ["--config", "{tmp}/twice.yaml"],
@@ -52,6 +59,7 @@ def setup(tmp_path_factory):
     model = tiny_model(tmp)
     (tmp / "train.jsonl").write_text(json.dumps(ROW) + "\n")
     (tmp / "both_unsafe.jsonl").write_text((json.dumps(BOTH_UNSAFE) + "\n") * 3)
+    (tmp / "v1.jsonl").write_text(json.dumps(V1_ROW) + "\n")
     (tmp / "bad.yaml").write_text("beta: 0.1\n  delta: [1\n")
     (tmp / "twice.yaml").write_text("beta: 0.1\ndelta: 1\nbeta: 0.2\n")
     (tmp / "empty_model").mkdir()

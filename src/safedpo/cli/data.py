@@ -7,7 +7,8 @@ import json
 import sys
 
 from safedpo.data.sources import load_rows
-from safedpo.data.transform import OUTCOMES, VIEWS, build_pairs, check_view
+from safedpo.data.transform import (BOTH_UNSAFE, OUTCOMES, VIEWS, both_unsafe_mode,
+                                    build_pairs, check_view)
 from safedpo.data.types import DataError
 
 _SHOW_ERRORS = 5  # skipped rows listed on stderr (all are counted)
@@ -31,7 +32,11 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--view", choices=list(VIEWS), default="safedpo",
                         help=" | ".join(f"{k}: {v}" for k, v in VIEWS.items()))
     parser.add_argument("--keep-both-unsafe", action="store_true",
-                        help="keep rows whose two responses are unsafe (ablation; safedpo view)")
+                        help="keep rows whose two responses are unsafe (ablation; safedpo view; "
+                        "= --both-unsafe keep)")
+    parser.add_argument("--both-unsafe", choices=list(BOTH_UNSAFE), default="drop",
+                        help="safedpo view, rows with two unsafe responses: " + " | ".join(
+                            f"{k}: {v}" for k, v in BOTH_UNSAFE.items()))
     parser.add_argument("--skip-invalid", action="store_true",
                         help="skip invalid rows (counted and listed) instead of failing")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -40,7 +45,7 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
 def _table(stats: dict) -> str:
     lines = [f"source  {stats['source']}", f"view    {stats['view']}: {VIEWS[stats['view']]}"]
     if stats["both_unsafe"] and stats["view"] == "safedpo":
-        lines.append(f"        both-unsafe rows {'kept (ablation)' if stats['keep_both_unsafe'] else 'dropped'}")
+        lines.append(f"        both-unsafe rows: {stats['both_unsafe_mode']}")
     lines.append("")
     for key in ("rows",) + OUTCOMES + ("invalid", "pairs", "both_unsafe"):
         label = "invalid (skipped)" if key == "invalid" else key.replace("_", " ")
@@ -55,15 +60,17 @@ def _table(stats: dict) -> str:
 
 def run(name: str, args: argparse.Namespace) -> int:
     try:
-        check_view(args.view, args.keep_both_unsafe)
+        check_view(args.view, args.keep_both_unsafe, args.both_unsafe)
         result = load_rows(args.source, split=args.split, config_name=args.config,
                            column_map=dict(args.column_map), skip_invalid=args.skip_invalid)
     except (DataError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    pairs, stats = build_pairs(result, args.view, keep_both_unsafe=args.keep_both_unsafe)
-    stats = {"source": result.source, **stats, "keep_both_unsafe": args.keep_both_unsafe,
-             "errors": [str(e) for e in result.invalid]}
+    pairs, stats = build_pairs(result, args.view, keep_both_unsafe=args.keep_both_unsafe,
+                               both_unsafe=args.both_unsafe)
+    mode = both_unsafe_mode(args.keep_both_unsafe, args.both_unsafe)
+    stats = {"source": result.source, **stats, "keep_both_unsafe": mode == "keep",
+             "both_unsafe_mode": mode, "errors": [str(e) for e in result.invalid]}
     if result.invalid:
         print(f"skipped {len(result.invalid)} invalid row(s):", file=sys.stderr)
         for error in result.invalid[:_SHOW_ERRORS]:

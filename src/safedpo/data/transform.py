@@ -22,17 +22,42 @@ VIEWS = {
     "safebetter": "DPO-SAFEBETTER: rows whose more helpful response is safe; chosen = more helpful",
 }
 OUTCOMES = ("kept", "swapped", "dropped")
+# What view 'safedpo' does with a row whose two responses are unsafe (docs/margins.md).
+BOTH_UNSAFE = {
+    "drop": "drop the row (the paper)",
+    "keep": "keep it unchanged, margin 0 (the paper's ablation; keep_both_unsafe: true)",
+    "by_severity": "the less severe response is chosen (outcome kept or swapped), margin "
+                   "both_unsafe_delta * (s_l - s_w); equal or missing severities: dropped",
+}
 
 
-def check_view(view: str, keep_both_unsafe: bool = False) -> None:
+def both_unsafe_mode(keep_both_unsafe: bool = False, both_unsafe: str = "drop") -> str:
+    """The effective both-unsafe mode: ``both_unsafe``, where the old bool
+    ``keep_both_unsafe: true`` means ``keep`` (it cannot be combined with by_severity)."""
+    if both_unsafe not in BOTH_UNSAFE:
+        raise ValueError(f"unknown both_unsafe '{both_unsafe}'; choose one of: "
+                         f"{', '.join(BOTH_UNSAFE)}")
+    if keep_both_unsafe:
+        if both_unsafe == "by_severity":
+            raise ValueError("keep_both_unsafe: true and both_unsafe: by_severity contradict "
+                             "each other; set only both_unsafe")
+        return "keep"
+    return both_unsafe
+
+
+def check_view(view: str, keep_both_unsafe: bool = False, both_unsafe: str = "drop") -> None:
     if view not in VIEWS:
         raise ValueError(f"unknown view '{view}'; choose one of: {', '.join(VIEWS)}")
+    mode = both_unsafe_mode(keep_both_unsafe, both_unsafe)
     if keep_both_unsafe and view != "safedpo":
         raise ValueError(f"keep_both_unsafe applies to view 'safedpo' only, not '{view}'")
+    if mode != "drop" and view != "safedpo":
+        raise ValueError(f"both_unsafe: {mode} applies to view 'safedpo' only, not '{view}'")
 
 
 def transform(row: PreferenceRow, view: str = "safedpo", *,
-              keep_both_unsafe: bool = False) -> tuple[str, int | None]:
+              keep_both_unsafe: bool = False, both_unsafe: str = "drop"
+              ) -> tuple[str, int | None]:
     """-> (outcome in OUTCOMES, id of the chosen response, None when dropped)."""
     better, safer = row.better_response_id, row.safer_response_id
     if view == "helpful":
@@ -46,8 +71,16 @@ def transform(row: PreferenceRow, view: str = "safedpo", *,
         return "kept", better
     if row.is_safe(1 - better):
         return "swapped", 1 - better
-    # Both unsafe: the paper drops the row; keeping it unchanged is the ablation.
-    return ("kept", better) if keep_both_unsafe else ("dropped", None)
+    # Both unsafe: the paper drops the row; keeping it unchanged is the ablation; by_severity
+    # prefers the less severe response when the two severities are known and differ.
+    mode = both_unsafe_mode(keep_both_unsafe, both_unsafe)
+    if mode == "keep":
+        return "kept", better
+    if mode == "by_severity":
+        s_better, s_other = row.meta.get(f"severity_{better}"), row.meta.get(f"severity_{1 - better}")
+        if s_better is not None and s_other is not None and s_better != s_other:
+            return ("kept", better) if s_better < s_other else ("swapped", 1 - better)
+    return "dropped", None
 
 
 def _pair(row: PreferenceRow, chosen: int, outcome: str) -> SafetyPair:
@@ -66,7 +99,8 @@ def _pair(row: PreferenceRow, chosen: int, outcome: str) -> SafetyPair:
 
 
 def build_pairs(rows: list[PreferenceRow] | LoadResult, view: str = "safedpo", *,
-                keep_both_unsafe: bool = False) -> tuple[list[SafetyPair], dict]:
+                keep_both_unsafe: bool = False, both_unsafe: str = "drop"
+                ) -> tuple[list[SafetyPair], dict]:
     """Apply ``view`` to every row. ``rows`` may be a ``LoadResult`` (then skipped rows count as invalid).
 
     stats: view, rows (data rows read, valid + invalid), kept, swapped, dropped, invalid
@@ -75,7 +109,7 @@ def build_pairs(rows: list[PreferenceRow] | LoadResult, view: str = "safedpo", *
     dropped}}; empty when the data has no harm categories). Pair meta: ``harm_categories`` and
     ``severity`` as [chosen, rejected], ``source``, ``row``, ``outcome``.
     """
-    check_view(view, keep_both_unsafe)
+    check_view(view, keep_both_unsafe, both_unsafe)
     invalid = len(rows.invalid) if isinstance(rows, LoadResult) else 0
     if isinstance(rows, LoadResult):
         rows = rows.rows
@@ -83,7 +117,8 @@ def build_pairs(rows: list[PreferenceRow] | LoadResult, view: str = "safedpo", *
              "invalid": invalid, "pairs": 0, "both_unsafe": 0, "categories": {}}
     pairs = []
     for row in rows:
-        outcome, chosen = transform(row, view, keep_both_unsafe=keep_both_unsafe)
+        outcome, chosen = transform(row, view, keep_both_unsafe=keep_both_unsafe,
+                                    both_unsafe=both_unsafe)
         stats[outcome] += 1
         stats["both_unsafe"] += not (row.is_response_0_safe or row.is_response_1_safe)
         names = set(row.meta.get("harm_categories_0") or []) | set(row.meta.get("harm_categories_1") or [])
@@ -118,10 +153,12 @@ def require_pairs(pairs: list[SafetyPair], stats: dict) -> None:
 
 def load_pairs(source: str | Path, view: str = "safedpo", *, split: str = "train",
                config_name: str | None = None, column_map: dict[str, str] | None = None,
-               skip_invalid: bool = False, keep_both_unsafe: bool = False) -> tuple[list[SafetyPair], dict]:
+               skip_invalid: bool = False, keep_both_unsafe: bool = False,
+               both_unsafe: str = "drop") -> tuple[list[SafetyPair], dict]:
     """``load_rows`` then ``build_pairs``; stats also has ``source``."""
-    check_view(view, keep_both_unsafe)  # fail before reading a large dataset
+    check_view(view, keep_both_unsafe, both_unsafe)  # fail before reading a large dataset
     result = load_rows(source, split=split, config_name=config_name, column_map=column_map,
                        skip_invalid=skip_invalid)
-    pairs, stats = build_pairs(result, view, keep_both_unsafe=keep_both_unsafe)
+    pairs, stats = build_pairs(result, view, keep_both_unsafe=keep_both_unsafe,
+                               both_unsafe=both_unsafe)
     return pairs, {"source": result.source, **stats}

@@ -46,14 +46,18 @@ class StepDriver:
     def __init__(self, config: TrainConfig, accelerator, out: Path, resume: Path | None, *,
                  name: str, total_steps: int, steps_per_epoch: int, initial: dict,
                  callbacks=(), t_start: float | None = None,
-                 postfix: Callable[[dict], str] | None = None):
+                 postfix: Callable[[dict], str] | None = None,
+                 extra_state: Callable[[], dict] | None = None):
         """``initial``: the loop state of a new run (``global_step``, ``train_seconds``,
         ``num_tokens`` and the engine's own keys); a resumed run gets the checkpoint's.
         ``t_start``: when the training time started to count (default: now). ``postfix``:
-        the progress bar's text from the last logged metrics."""
+        the progress bar's text from the last logged metrics. ``extra_state``: more state to
+        save with every checkpoint (an objective's own, e.g. adaptive margins), read when a
+        checkpoint is saved; a resumed run finds it in ``state``."""
         self.config, self.accelerator, self.out = config, accelerator, out
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
         self.callbacks, self.postfix = list(callbacks), postfix
+        self.extra_state = extra_state
         self.t_start = time.time() if t_start is None else t_start
         self.state = dict(initial) if resume is None else resume_state(accelerator, out, resume)
         if config.report_to:
@@ -117,7 +121,8 @@ class StepDriver:
         return self.session_tokens / max(time.time() - self.t_loop, 1e-9)
 
     def saved_state(self) -> dict:
-        return {**self.state, "train_seconds": self.state["train_seconds"] + time.time()
+        extra = self.extra_state() if self.extra_state is not None else {}
+        return {**self.state, **extra, "train_seconds": self.state["train_seconds"] + time.time()
                 - self.t_start, "num_tokens": self.num_tokens}
 
     def finish(self, model, optimizer) -> dict:

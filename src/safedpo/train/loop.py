@@ -42,6 +42,7 @@ from torch.distributed.tensor import DTensor
 
 from safedpo.config import TrainConfig, validate
 from safedpo.data import DataError, load_pairs, load_sft_examples, require_pairs
+from safedpo.data.margins import check_margin_labels
 from safedpo.train import distributed
 from safedpo.train.driver import StepDriver
 from safedpo.train.engines import check_settings
@@ -70,6 +71,7 @@ def train(config: TrainConfig, pairs=None, *, callbacks: list[Callback] = ()) ->
     check_settings("train", config)
     validate(config)  # a config built in code is checked as a resolved one is
     pairs, stats = config_pairs(config) if pairs is None else (pairs, None)
+    check_margin_labels(config, pairs)  # the data's harm categories, before any model loads
     return run_objective(config, PreferenceObjective(config), list(pairs), stats, callbacks)
 
 
@@ -80,7 +82,8 @@ def config_pairs(config: TrainConfig) -> tuple[list, dict]:
     pairs, stats = load_pairs(
         config.dataset, view=config.view, split=config.dataset_split,
         config_name=config.dataset_config, column_map=config.column_map,
-        skip_invalid=config.skip_invalid, keep_both_unsafe=config.keep_both_unsafe)
+        skip_invalid=config.skip_invalid, keep_both_unsafe=config.keep_both_unsafe,
+        both_unsafe=config.both_unsafe)
     require_pairs(pairs, stats)
     return pairs, stats
 
@@ -139,7 +142,9 @@ def run_objective(config: TrainConfig, objective, data: list, data_stats,
                         total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                         initial=initial, callbacks=callbacks, t_start=t_train,
                         postfix=lambda last: f"tok/s={driver.tokens_per_second():.0f}" + (
-                            f" loss={last['loss']:.4f}" if "loss" in last else "")) as driver:
+                            f" loss={last['loss']:.4f}" if "loss" in last else ""),
+                        extra_state=objective.state_dict) as driver:
+            objective.load_state_dict(driver.state)  # a resumed run's objective state
             model.train()
             for step in driver.steps():
                 indices = batch_indices(len(items), step, steps_per_epoch, global_batch,
@@ -163,6 +168,7 @@ def run_objective(config: TrainConfig, objective, data: list, data_stats,
                         optimizer.step()  # a no-op until the last micro-batch
                         optimizer.zero_grad()
                     driver.record(stats, loss, step, tokens=batch["num_tokens"] * nproc)
+                objective.end_step()  # e.g. the adaptive margins' update
                 lr = scheduler.get_last_lr()[0]  # the rate this step used
                 scheduler.step()
                 if driver.end_step(step, {"learning_rate": lr, "num_tokens": driver.num_tokens},

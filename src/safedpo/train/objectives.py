@@ -17,6 +17,7 @@ from torch.distributed.fsdp import FSDPModule
 from tqdm.auto import tqdm
 
 from safedpo.config import ConfigError, TrainConfig
+from safedpo.data.margins import PairMargins, needs_pair_margins
 from safedpo.data.tokenization import (
     collate_pairs,
     collate_shared_pairs,
@@ -33,6 +34,7 @@ from safedpo.logprobs import (
 from safedpo.losses import LOSSES
 from safedpo.models.loading import load_model_and_tokenizer
 from safedpo.train import checkpoint as ckpt
+from safedpo.train.adaptive import AdaptiveDelta
 from safedpo.train.runtime import load_policy, to_device
 
 
@@ -60,6 +62,17 @@ class Objective:
     def load_model(self, config: TrainConfig):
         """-> (model, tokenizer, whether it takes ``logits_to_keep``): the causal LM policy."""
         return load_policy(config)
+
+    # An objective with its own training state (saved with every checkpoint) overrides these.
+    def end_step(self) -> None:
+        """After each optimizer step."""
+
+    def state_dict(self) -> dict:
+        """What a checkpoint must hold to resume this objective exactly (JSON-able)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from the trainer state of a checkpoint (``state_dict``'s keys among others)."""
 
     def tokenize(self, tokenizer, examples):
         c = self.config
@@ -98,6 +111,26 @@ class PreferenceObjective(Objective):
         self.cache = None  # {chosen_sum, chosen_count, rejected_sum, rejected_count}: (N,)
         self.ref_forward = None  # batch -> (sums (2B,), counts (2B,))
         self.shared = False  # decided in prepare(), from the models
+        self.margins: PairMargins | None = None  # per-pair margins (docs/margins.md)
+        self.adaptive: AdaptiveDelta | None = None
+
+    def tokenize(self, tokenizer, examples):
+        if needs_pair_margins(self.config):
+            self.margins = PairMargins(self.config, examples)
+            if self.config.adaptive_delta_target is not None:
+                self.adaptive = AdaptiveDelta.from_config(self.config, self.margins.categories)
+        return super().tokenize(tokenizer, examples)
+
+    def end_step(self) -> None:
+        if self.adaptive is not None:
+            self.adaptive.step(self.run.accelerator)
+
+    def state_dict(self) -> dict:
+        return {"adaptive_delta": self.adaptive.state_dict()} if self.adaptive else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.adaptive is not None and "adaptive_delta" in state:
+            self.adaptive.load_state_dict(state["adaptive_delta"])
 
     def collate(self, items: list[dict], pad_token_id: int) -> dict:
         return (collate_shared_pairs if self.shared else collate_pairs)(items, pad_token_id)
@@ -105,6 +138,11 @@ class PreferenceObjective(Objective):
     def prepare(self, run: RunContext):
         c = self.config
         self.run = run
+        if self.margins is not None:
+            self.margins.to(run.accelerator.device)
+        if self.adaptive is not None:
+            self.adaptive = AdaptiveDelta.from_config(c, self.margins.categories,
+                                                      run.accelerator.device)
         ref_name = c.ref_model_name_or_path or c.model_name_or_path
         ref_is_policy = ref_name == c.model_name_or_path
         if ref_is_policy and (c.use_peft or c.precompute_ref_log_probs):
@@ -165,9 +203,14 @@ class PreferenceObjective(Objective):
         logps = sums / counts.clamp(min=1) if c.logps_average else sums
         ref = ref_sums / ref_counts.clamp(min=1) if c.logps_average else ref_sums
         cu, ru = batch["chosen_unsafe"], batch["rejected_unsafe"]
+        extra = {}
+        if self.margins is not None:
+            idx = batch["index"]
+            extra["margin"] = self.margins.margin(
+                idx, self.adaptive.value if self.adaptive is not None else None)
         losses, r_c, r_r = LOSSES[c.loss_type](
             logps[:b], logps[b:], ref[:b], ref[b:], cu, ru,
-            beta=c.beta, delta=c.delta, **c.loss_kwargs)
+            beta=c.beta, delta=c.delta, **extra, **c.loss_kwargs)
         loss = losses.mean()
         margins = r_c - r_r
         ru_f = ru.float()
@@ -178,6 +221,10 @@ class PreferenceObjective(Objective):
                  "logps/rejected": (logps[b:].detach().sum(), b),
                  "safety/unsafe_rejected_frac": (ru_f.sum(), b),
                  "safety/margin_unsafe": ((margins * ru_f).sum(), ru_f.sum())}
+        if "margin" in extra:
+            stats["safety/pair_margin"] = (extra["margin"].detach().sum(), b)
+        if self.adaptive is not None:
+            stats.update(self.adaptive.observe(margins, self.margins.harmful_mask(idx)))
         if c.rpo_alpha is not None:
             # RPO: mean NLL per chosen token, added to the preference loss.
             nll = -sums[:b].sum() / counts[:b].sum().clamp(min=1)
