@@ -65,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="optimizer steps per run (default 30; smollm2 12)")
     p.add_argument("--warmup", type=int, help="steps left out of tokens/s (default 5; smollm2 2)")
     p.add_argument("--pairs", type=int, help="preference pairs (default 256; smollm2 64)")
+    p.add_argument("--prompt-tokens", type=int, help="prompt length in words (= tokens)")
+    p.add_argument("--response-tokens", type=int,
+                   help="answer length in words (= tokens), before --length-jitter; e.g. 200 "
+                        "for PKU-SafeRLHF-like long answers, where a shared prompt saves less")
+    p.add_argument("--batch-size", type=int, help="pairs per step")
     p.add_argument("--length-jitter", type=int,
                    help="shorten responses by up to N words at random, so batches have padding")
     p.add_argument("--max-other-cpu", type=float, default=0.1,
@@ -184,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown arm(s) {unknown}; choose from {list(ARMS)}")
     workload = Workload(**{**PRESETS[args.model], **(QUICK if args.quick else {})})
     overrides = {"max_steps": args.steps, "warmup_steps": args.warmup, "n_pairs": args.pairs,
-                 "length_jitter": args.length_jitter}
+                 "length_jitter": args.length_jitter, "prompt_tokens": args.prompt_tokens,
+                 "response_tokens": args.response_tokens, "batch_size": args.batch_size}
     workload = replace(workload, **{k: v for k, v in overrides.items() if v is not None})
     reps = 1 if args.quick else args.reps
 

@@ -357,10 +357,20 @@ def test_shared_prompt_mask_and_positions_by_hand():
     assert b["pair_mask"][0, 0].int().tolist() == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0],
                                                   [1, 1, 1, 0, 0], [1, 1, 1, 1, 0],
                                                   [1, 1, 0, 0, 1]]
-    # logits at 1 predict 7 (chosen) and 9 (rejected); logits at 2 predict 8
-    assert b["source_index"].tolist() == [[1, 2, 1]]
-    assert b["target_ids"].tolist() == [[7, 8, 9]] and b["target_side"].tolist() == [[0, 0, 1]]
+    # logits at 1 predict 7 (the row's next token) and 8 at 2: chosen; the rejected 9 is not
+    # the next token of 8 (position 3): it is predicted by the prompt's last position, 1
+    assert b["chosen_next"].int().tolist() == [[0, 1, 1, 0, 0]]
+    assert b["rejected_next"].int().tolist() == [[0, 0, 0, 0, 0]]
+    assert b["first_rejected"].tolist() == [1] and b["first_rejected_id"].tolist() == [9]
     assert b["logits_start"] == 1 and b["num_tokens"] == 7
+    # two prompts (truncated differently): every answer token is the row's next token
+    item2 = {**item, "rejected_input_ids": torch.tensor([6, 9, 10]),
+             "rejected_loss_mask": torch.tensor([False, True, True])}
+    b2 = collate_shared_pairs([item2], 0)
+    assert b2["input_ids"].tolist() == [[5, 6, 7, 8, 6, 9, 10]]
+    assert b2["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2]]
+    assert b2["rejected_next"].int().tolist() == [[0, 0, 0, 0, 1, 1, 0]]
+    assert b2["first_rejected"].tolist() == [-1]
 
 
 def test_models_without_a_tested_shared_prompt_say_why():

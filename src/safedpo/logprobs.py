@@ -232,8 +232,7 @@ def shared_pair_logps_and_counts(model, batch: dict, keep_logits: bool | None = 
 
     One forward per pair: the 4D ``pair_mask`` (as a bool mask for sdpa, an additive float mask
     for eager attention) and ``position_ids`` make each answer token see exactly what it sees
-    in its own [prompt, answer] sequence; the logits at ``source_index`` predict
-    ``target_ids``."""
+    in its own [prompt, answer] sequence."""
     input_ids, mask = batch["input_ids"], batch["pair_mask"]
     t = input_ids.shape[1]
     start = max(int(batch["logits_start"]), 0)
@@ -250,10 +249,18 @@ def shared_pair_logps_and_counts(model, batch: dict, keep_logits: bool | None = 
         logits = model(**kwargs, logits_to_keep=t - start).logits  # positions start .. T-1
     else:
         logits = model(**kwargs).logits[:, start:]
-    side = batch["target_side"]  # (B, S)
-    index = (batch["source_index"] - start).clamp(min=0)
-    picked = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))  # (B, S, V)
-    logps = token_logps(picked, batch["target_ids"])  # (B, S) float32
-    sums = torch.cat([torch.where(side == k, logps, 0.0).sum(-1) for k in (0, 1)])  # (2B,)
-    counts = torch.cat([(side == k).sum(-1) for k in (0, 1)])
+    # Every answer token but a shared row's first rejected one is the row's next token: one
+    # token_logps over the kept logits (nothing of size V copied); the first rejected token
+    # is predicted by the prompt's last position, one (V,) row per pair.
+    logps = token_logps(logits[:, :-1], input_ids[:, start + 1:])  # (B, T - start - 1)
+    chosen, rejected = batch["chosen_next"][:, start:-1], batch["rejected_next"][:, start:-1]
+    sums = torch.cat([torch.where(chosen, logps, 0.0).sum(-1),
+                      torch.where(rejected, logps, 0.0).sum(-1)])  # (2B,)
+    counts = torch.cat([chosen.sum(-1), rejected.sum(-1)])
+    first = batch["first_rejected"]  # (B,), -1: none (no host sync: masked, not skipped)
+    has = first >= 0
+    rows = logits[torch.arange(len(first), device=first.device), (first - start).clamp(min=0)]
+    extra = token_logps(rows[:, None], batch["first_rejected_id"][:, None])[:, 0]  # (B,)
+    sums = sums + torch.cat([torch.zeros_like(extra), torch.where(has, extra, 0.0)])
+    counts = counts + torch.cat([torch.zeros_like(has.long()), has.long()])
     return sums, counts

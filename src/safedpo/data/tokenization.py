@@ -157,12 +157,14 @@ def collate_shared_pairs(items: list[dict], pad_token_id: int) -> dict:
     [prompt_c, chosen, prompt_r, rejected] with the same kind of mask.
 
     -> input_ids, position_ids (B, T); pair_mask (B, 1, T, T) bool (True: query may attend to
-    key; a pad position attends only to itself); targets: source_index, target_ids,
-    target_side (B, S) (the logits at source_index predict target_ids; side 0 = chosen, 1 =
-    rejected, -1 = padding); logits_start (first source position, a python int); num_tokens
-    (the tokens of the two sequences as if unshared, comparable with the unshared path);
-    chosen_unsafe, rejected_unsafe (B,) bool."""
-    rows, sources, targets, sides, segments, positions, shared_flags = [], [], [], [], [], [], []
+    key; a pad position attends only to itself); chosen_next, rejected_next (B, T) bool: the
+    logits at position i predict the row's token i + 1, a chosen (rejected) answer token;
+    first_rejected (B,): for a shared prompt, the position of the prompt's last token, whose
+    logits predict the first rejected token first_rejected_id (B,) too (-1: none, the row
+    predicts it in place); logits_start (first predicting position, a python int);
+    num_tokens (the tokens of the two sequences as if unshared, comparable with the unshared
+    path); chosen_unsafe, rejected_unsafe (B,) bool."""
+    rows, segments, positions, shared_flags = [], [], [], []
     num_tokens = 0
     for x in items:
         pc, c = _split(x["chosen_input_ids"], x["chosen_loss_mask"])
@@ -170,56 +172,57 @@ def collate_shared_pairs(items: list[dict], pad_token_id: int) -> dict:
         num_tokens += len(pc) + len(c) + len(pr) + len(r)
         shared = pc == pr
         shared_flags.append(shared)
-        row = pc + c + ([] if shared else pr) + r
+        rows.append(pc + c + ([] if shared else pr) + r)
         # segment of each position: 0 prompt_c, 1 chosen, 2 prompt_r, 3 rejected
-        seg = [0] * len(pc) + [1] * len(c) + ([] if shared else [2] * len(pr)) + [3] * len(r)
-        r_prompt_end = len(pc) if shared else len(pc) + len(c) + len(pr)  # after prompt_r
-        r_start = len(pc) + len(c) + (0 if shared else len(pr))
-        pos = list(range(len(pc) + len(c))) + ([] if shared else list(range(len(pr)))) + \
-            list(range(len(pr), len(pr) + len(r)))
-        src = [len(pc) - 1 + k for k in range(len(c))] + \
-              [r_prompt_end - 1] + [r_start + k for k in range(len(r) - 1)] if r else \
-              [len(pc) - 1 + k for k in range(len(c))]
-        rows.append(row)
-        segments.append(seg)
-        positions.append(pos)
-        sources.append(src[:len(c) + len(r)])
-        targets.append(c + r)
-        sides.append([0] * len(c) + [1] * len(r))
-    b, t, s = len(items), max(map(len, rows)), max(map(len, sources), default=0)
+        segments.append([0] * len(pc) + [1] * len(c) + ([] if shared else [2] * len(pr))
+                        + [3] * len(r))
+        positions.append(list(range(len(pc) + len(c))) + ([] if shared else list(range(len(pr))))
+                         + list(range(len(pr), len(pr) + len(r))))
+    b, t = len(items), max(map(len, rows))
     input_ids = torch.full((b, t), pad_token_id, dtype=torch.long)
     position_ids = torch.zeros((b, t), dtype=torch.long)
     seg = torch.full((b, t), -1, dtype=torch.long)
-    source_index = torch.zeros((b, s), dtype=torch.long)
-    target_ids = torch.full((b, s), pad_token_id, dtype=torch.long)
-    target_side = torch.full((b, s), -1, dtype=torch.long)
     for i in range(b):
-        n, m = len(rows[i]), len(sources[i])
+        n = len(rows[i])
         input_ids[i, :n] = torch.tensor(rows[i], dtype=torch.long)
         position_ids[i, :n] = torch.tensor(positions[i], dtype=torch.long)
         seg[i, :n] = torch.tensor(segments[i], dtype=torch.long)
-        source_index[i, :m] = torch.tensor(sources[i], dtype=torch.long)
-        target_ids[i, :m] = torch.tensor(targets[i], dtype=torch.long)
-        target_side[i, :m] = torch.tensor(sides[i], dtype=torch.long)
+    shared_rows = torch.tensor(shared_flags, dtype=torch.bool)
     # Which segment may attend to which (query, key): a prompt to itself; an answer to its
     # prompt and itself. Row order is causal within each allowed pair of segments.
     sees = torch.zeros(5, 5, dtype=torch.bool)  # index 4 = padding (seg -1)
     for q, k in ((0, 0), (1, 0), (1, 1), (2, 2), (3, 3), (3, 2)):
         sees[q, k] = True
-    shared_rows = torch.tensor(shared_flags, dtype=torch.bool)
     q_seg, k_seg = seg[:, :, None] % 5, seg[:, None, :] % 5  # -1 -> 4
     allowed = sees[q_seg, k_seg]
-    # shared rows: the rejected answer (3) sees the prompt (0), not a prompt_r (2)
+    # shared rows: the rejected answer (3) sees the prompt (0), there is no prompt_r (2)
     allowed |= shared_rows[:, None, None] & (q_seg == 3) & (k_seg == 0)
     causal = torch.ones(t, t, dtype=torch.bool).tril()
     pad = seg < 0
     allowed = (allowed & causal) | (torch.eye(t, dtype=torch.bool) & pad[:, :, None])
-    valid = target_side >= 0
-    start = int(source_index[valid].min()) if valid.any() else t - 1
+    # In-row next-token predictions: position i predicts token i + 1 when that token is an
+    # answer token of the same sequence. Only the first rejected token of a shared row is
+    # predicted from elsewhere (the prompt's last token, not the last chosen token).
+    nxt = seg[:, 1:]
+    prev = seg[:, :-1]
+    chosen_next = torch.zeros((b, t), dtype=torch.bool)
+    rejected_next = torch.zeros((b, t), dtype=torch.bool)
+    chosen_next[:, :-1] = (nxt == 1) & ((prev == 0) | (prev == 1))
+    rejected_next[:, :-1] = (nxt == 3) & ((prev == 2) | (prev == 3))
+    first_rejected = torch.full((b,), -1, dtype=torch.long)
+    first_rejected_id = torch.full((b,), pad_token_id, dtype=torch.long)
+    for i in range(b):
+        if shared_flags[i] and (seg[i] == 3).any():
+            start_r = int((seg[i] == 3).float().argmax())
+            first_rejected[i] = int((seg[i] == 0).sum()) - 1  # the prompt's last token
+            first_rejected_id[i] = input_ids[i, start_r]
+    predicting = chosen_next | rejected_next
+    starts = [int(p.float().argmax()) for p in predicting if p.any()]
+    starts += [int(j) for j in first_rejected if j >= 0]
     return {"input_ids": input_ids, "position_ids": position_ids, "pair_mask": allowed[:, None],
-            "source_index": source_index, "target_ids": target_ids, "target_side": target_side,
-            "logits_start": start, "num_tokens": num_tokens,
+            "chosen_next": chosen_next, "rejected_next": rejected_next,
+            "first_rejected": first_rejected, "first_rejected_id": first_rejected_id,
+            "logits_start": min(starts) if starts else t - 1, "num_tokens": num_tokens,
             "chosen_unsafe": torch.tensor([x["chosen_unsafe"] for x in items], dtype=torch.bool),
             "rejected_unsafe": torch.tensor([x["rejected_unsafe"] for x in items],
                                             dtype=torch.bool)}
-
