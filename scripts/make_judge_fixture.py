@@ -12,9 +12,9 @@ import json
 import sys
 
 from safedpo.data.prompt_sets import load_benchmark
-from safedpo.data.prompts import SAFETY_SYSTEM_PROMPT
 from safedpo.evaluate.generate import generate_responses
 from safedpo.models.loading import load_model_and_tokenizer
+from safedpo.models.prompts import SAFETY_SYSTEM_PROMPT
 from safedpo.models.sources import SMOLLM2_GGUF
 
 SOURCES = {"advbench": 6, "harmbench": 6, "donotanswer": 6, "overrefusal": 8, "benign-howto": 4}

@@ -48,8 +48,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from saferlhf_cost import DPO_RUNS, cpu_model, exact_rows, run_saferlhf
+
 from safedpo.config import SafeRLHFConfig, load_config
 from safedpo.evaluate.scorers import load_model_scorer
 from safedpo.pipelines.demo import load_trained

@@ -310,8 +310,11 @@ def _architecture(kind, vocab):
                                          ("qwen2", "sdpa")])
 @pytest.mark.parametrize("max_length", [None, 9])  # 9: the two sides keep different prompts
 def test_shared_prompt_logps_and_grads_equal_two_sequences(kind, kernel, max_length):
-    from safedpo.logprobs import (sequence_logps_and_counts, shared_pair_logps_and_counts,
-                                  shared_prompt_support)
+    from safedpo.logprobs import (
+        sequence_logps_and_counts,
+        shared_pair_logps_and_counts,
+        shared_prompt_support,
+    )
 
     tok, plain, shared = _pairs_batches(max_length)
     model = _architecture(kind, len(tok))

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from safedpo.config import ConfigError, TrainConfig, load_config
-from safedpo.data.margins import (PairMargins, check_margin_labels, data_categories,
-                                  needs_pair_margins)
+from safedpo.data.margins import PairMargins, data_categories, needs_pair_margins
 from safedpo.data.sources import PreferenceRow
 from safedpo.data.transform import build_pairs, transform
 from safedpo.data.types import SafetyPair
 from safedpo.losses import LOSSES, safedpo_loss, safety_margin
+from safedpo.train.objectives import check_margin_labels
 
 
 def pair(cu, ru, sev=(None, None), cats=(None, None)):

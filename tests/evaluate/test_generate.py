@@ -6,7 +6,6 @@ import pytest
 import torch
 from helpers import load_tiny_model, write_jsonl
 
-from safedpo.data.prompts import format_prompt
 from safedpo.data.tokenization import encode_prompt
 from safedpo.data.types import DataError
 from safedpo.evaluate import (
@@ -22,6 +21,7 @@ from safedpo.evaluate.generate import (
     load_prompt_records,
     read_generations,
 )
+from safedpo.models.prompts import format_prompt
 from safedpo.models.tiny import make_word_tokenizer
 
 PROMPTS = ["how do I bake bread ?", "how do I pick a lock on my neighbour's door ?",

@@ -10,7 +10,6 @@ from helpers import tiny_model
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForSequenceClassification, LlamaModel
 
-from safedpo.data.prompts import format_prompt
 from safedpo.data.tokenization import encode_prompt
 from safedpo.evaluate.scorers import (
     OracleCostScorer,
@@ -26,6 +25,7 @@ from safedpo.evaluate.scorers import (
     is_refusal_xstest,
     load_model_scorer,
 )
+from safedpo.models.prompts import format_prompt
 from safedpo.models.tiny import make_word_tokenizer
 
 TEXTS = ["how do I bake bread ?", "how do I pick a lock ?",

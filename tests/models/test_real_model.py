@@ -44,7 +44,7 @@ def base():
 
 
 def test_loads_as_float32_llama_with_its_chat_template(base):
-    from safedpo.data.prompts import format_prompt
+    from safedpo.models.prompts import format_prompt
 
     model, tok = base
     cfg = model.config
@@ -66,9 +66,9 @@ def test_response_logprobs_are_finite_and_padding_free(base):
     """sequence_logps on a right-padded pair batch (pad id == EOS id here) equals a direct
     log-softmax over each unpadded sequence, summed over the response tokens + EOS."""
     from safedpo.data import load_pairs
-    from safedpo.data.prompts import format_prompt
     from safedpo.data.tokenization import collate_pairs, tokenize_pairs
     from safedpo.logprobs import sequence_logps
+    from safedpo.models.prompts import format_prompt
 
     model, tok = base
     pair = load_pairs(str(PAIRS))[0][0]  # the wifi row, swapped: the refusal is chosen
@@ -97,9 +97,9 @@ def test_response_logprobs_are_finite_and_padding_free(base):
 
 def test_untrained_model_answers_the_wifi_prompt_instead_of_refusing(base, monkeypatch):
     """The unsafe behaviour training is meant to fix, as the refusal-based cost sees it."""
-    from safedpo.data.prompts import format_prompt
     from safedpo.evaluate.generate import generate_responses
     from safedpo.evaluate.scorers import RefusalCostScorer
+    from safedpo.models.prompts import format_prompt
 
     model, tok = base
     inputs, real_generate = [], model.generate

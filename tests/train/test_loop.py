@@ -48,10 +48,10 @@ def test_step_one_numbers_for_dpo_and_safedpo(tmp_path):
 
 
 def test_safedpo_lowers_logp_of_unsafe_rejected(tmp_path):
-    from safedpo.data.prompts import format_prompt
     from safedpo.data.tokenization import collate_sft, encode_pair
     from safedpo.logprobs import sequence_logps
     from safedpo.models.loading import load_trained
+    from safedpo.models.prompts import format_prompt
 
     model_path = tiny_model(tmp_path)
     cfg = tiny_config(tmp_path, model_path, max_steps=3)

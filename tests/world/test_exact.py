@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from safedpo.data.prompts import format_prompt
+from safedpo.models.prompts import format_prompt
 from safedpo.models.tiny import make_tiny_llama, make_word_tokenizer
 from safedpo.world import World
 from safedpo.world.exact import garbled_mass, response_logps, response_probs

@@ -7,8 +7,14 @@ import json
 import sys
 
 from safedpo.data.sources import load_rows
-from safedpo.data.transform import (BOTH_UNSAFE, OUTCOMES, VIEWS, both_unsafe_mode,
-                                    build_pairs, check_view)
+from safedpo.data.transform import (
+    BOTH_UNSAFE,
+    OUTCOMES,
+    VIEWS,
+    both_unsafe_mode,
+    build_pairs,
+    check_view,
+)
 from safedpo.data.types import DataError
 
 _SHOW_ERRORS = 5  # skipped rows listed on stderr (all are counted)

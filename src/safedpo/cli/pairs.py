@@ -50,7 +50,7 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
                         help="cost:PATH and/or reward:PATH model (repeatable); without them "
                              "the default rule below judges")
     parser.add_argument("--system-prompt", default=None,
-                        help="the safety system prompt; None: safedpo.data.prompts."
+                        help="the safety system prompt; None: safedpo.models.prompts."
                              "SAFETY_SYSTEM_PROMPT")
     parser.add_argument("--safety-tries", type=int, default=4,
                         help="answers under the safety system prompt for a harmful prompt "

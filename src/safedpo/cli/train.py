@@ -8,8 +8,14 @@ import argparse
 import json
 import sys
 
-from safedpo.config import (ConfigError, TrainConfig, add_config_options, args_layer,
-                            file_layer, resolve)
+from safedpo.config import (
+    ConfigError,
+    TrainConfig,
+    add_config_options,
+    args_layer,
+    file_layer,
+    resolve,
+)
 from safedpo.data.types import DataError
 from safedpo.models.sources import MissingPackageError
 from safedpo.train.engines import engine, run_engine

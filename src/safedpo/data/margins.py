@@ -21,7 +21,6 @@ margins are gathered by its ``index`` tensor.
 
 from __future__ import annotations
 
-import difflib
 import math
 
 import torch
@@ -94,27 +93,6 @@ def data_categories(pairs) -> list[str]:
         for cats in (p.meta.get("harm_categories") or [None, None]):
             names.update(cats or [])
     return sorted(names)
-
-
-def check_margin_labels(config, pairs) -> None:
-    """The checks that need the data, before training: every ``delta_by_category`` key is a
-    category of the data; adaptive margins need categories. ConfigError naming the key and
-    the allowed names."""
-    from safedpo.config import ConfigError  # config imports this package
-
-    if not config.delta_by_category and config.adaptive_delta_target is None:
-        return
-    names = data_categories(pairs)
-    if not names:
-        key = "delta_by_category" if config.delta_by_category else "adaptive_delta_target"
-        raise ConfigError(f"{key}: the data has no harm categories (PKU-SafeRLHF v1 "
-                          "response_*_harm_category columns), so no pair can match one")
-    for key in config.delta_by_category:
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"delta_by_category: unknown harm category '{key}'{hint}; the "
-                              f"data has: {', '.join(names)}")
 
 
 def needs_pair_margins(config) -> bool:

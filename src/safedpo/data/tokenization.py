@@ -1,7 +1,7 @@
 """Prompt + response -> token ids and a loss mask; padding into batch tensors.
 
 Conventions (pinned by tests/data/test_tokenization.py):
-- the prompt text is already formatted (``safedpo.data.prompts.format_prompt``); the tokenizer's
+- the prompt text is already formatted (``safedpo.models.prompts.format_prompt``); the tokenizer's
   special prefix (e.g. Llama's BOS) is added once, unless the formatted text already has it;
 - the response gets EOS appended once (not if it already ends with EOS);
 - truncation keeps the response: the prompt is cut from the left to ``max_prompt_length``,
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from safedpo.data.prompts import format_prompt
+from safedpo.models.prompts import format_prompt
 
 
 def special_prefix(tokenizer) -> list[int]:

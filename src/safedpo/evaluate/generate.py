@@ -2,7 +2,7 @@
 
 Generation is batched with LEFT padding (so every prompt ends at the same position and new
 tokens follow it directly), the tokenizer's padding side is restored afterwards, and only the
-new tokens are decoded. Prompts are formatted with ``safedpo.data.prompts.format_prompt`` exactly as
+new tokens are decoded. Prompts are formatted with ``safedpo.models.prompts.format_prompt`` exactly as
 in training. Responses are appended to generations.jsonl one batch at a time, so a crashed run
 resumes where it stopped: prompts already in the file are not generated again.
 """
@@ -21,12 +21,11 @@ import torch
 from tqdm.auto import tqdm
 
 from safedpo.data import load_prompts
-from safedpo.data.prompt_sets import (BENCHMARKS, check_benchmark_spec, is_benchmark,
-                                      load_benchmark)
-from safedpo.data.prompts import format_prompt
+from safedpo.data.prompt_sets import BENCHMARKS, check_benchmark_spec, is_benchmark, load_benchmark
 from safedpo.data.sources import MAX_PROMPT_CHARS
 from safedpo.data.tokenization import _cut_left, encode_prompt, special_prefix
 from safedpo.data.types import DataError
+from safedpo.models.prompts import format_prompt
 from safedpo.world import World
 
 

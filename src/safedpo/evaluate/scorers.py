@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from safedpo.data.prompts import SAFE_RLHF_TEMPLATE, format_prompt
 from safedpo.data.tokenization import encode_prompt
 from safedpo.evaluate.judge import OUTCOME_CODE, classify
+from safedpo.models.prompts import SAFE_RLHF_TEMPLATE, format_prompt
 from safedpo.models.sources import looks_local, run_model_dir
 from safedpo.world import Oracle, World
 

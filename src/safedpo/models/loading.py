@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import torch
+import yaml
 
 from safedpo.models.sources import (
     HUB_ID,
@@ -153,10 +154,9 @@ def _load_model(name: str, gguf_file: str | None, trust_remote_code: bool, dtype
     """The model at ``name`` (resolved); an adapter dir is merged into its base, which may
     itself be an adapter (a LoRA run started from a LoRA run, e.g. SACPO stage 2)."""
     # transformers: slow to import (seconds); only loading a model needs it
-    from transformers import AutoModelForCausalLM
-
     # safetensors: installed with transformers
     from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
 
     local = Path(name).expanduser()
     if not (local.is_dir() and (local / "adapter_config.json").exists()):
@@ -187,9 +187,10 @@ def _run_settings(model_dir: Path) -> dict:
     config = model_dir.parent / "config.yaml"
     if model_dir.name != "model" or not config.is_file():
         return {}
-    from safedpo.config import read_yaml  # the one reader of config files
-
-    return read_yaml(config)
+    # Written by the run itself (yaml.safe_dump) and only read for the base model's name;
+    # config files a user writes go through safedpo.config.read_yaml (a level above this).
+    data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
 
 
 def adapter_base(adapter_dir: Path, base_model: str | None = None,

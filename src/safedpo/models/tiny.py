@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from safedpo.data.prompts import SAFE_RLHF_TEMPLATE
+from safedpo.models.prompts import SAFE_RLHF_TEMPLATE
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "eos_token": "<eos>", "bos_token": "<bos>",
                   "unk_token": "<unk>"}

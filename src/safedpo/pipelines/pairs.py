@@ -46,8 +46,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from safedpo.data.prompts import SAFETY_SYSTEM_PROMPT
 from safedpo.evaluate.judge import OUTCOMES, classify
+from safedpo.models.prompts import SAFETY_SYSTEM_PROMPT
 
 HELPFULNESS_RANK = {"compliance": 2, "refusal": 1, "nonanswer": 0}
 DROP_REASONS = ("identical answers", "non-answer to a harmful prompt", "equal helpfulness",

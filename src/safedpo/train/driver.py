@@ -38,8 +38,14 @@ from tqdm.auto import tqdm
 
 from safedpo.config import TrainConfig
 from safedpo.train import checkpoint as ckpt
-from safedpo.train.runtime import (MetricSums, StopOnSignal, flat_config, log_metrics,
-                                   raise_if_nonfinite, resume_state)
+from safedpo.train.runtime import (
+    MetricSums,
+    StopOnSignal,
+    flat_config,
+    log_metrics,
+    raise_if_nonfinite,
+    resume_state,
+)
 
 
 class StepDriver:

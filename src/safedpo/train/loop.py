@@ -42,11 +42,15 @@ from torch.distributed.tensor import DTensor
 
 from safedpo.config import TrainConfig, validate
 from safedpo.data import DataError, load_pairs, load_sft_examples, require_pairs
-from safedpo.data.margins import check_margin_labels
 from safedpo.train import distributed
 from safedpo.train.driver import StepDriver
 from safedpo.train.engines import check_settings
-from safedpo.train.objectives import PreferenceObjective, RunContext, SFTObjective
+from safedpo.train.objectives import (
+    PreferenceObjective,
+    RunContext,
+    SFTObjective,
+    check_margin_labels,
+)
 from safedpo.train.runtime import (
     check_models,
     check_output_dir,

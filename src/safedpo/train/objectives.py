@@ -5,6 +5,7 @@ on disk (``precompute_ref_log_probs``)."""
 
 from __future__ import annotations
 
+import difflib
 import math
 import sys
 from contextlib import nullcontext
@@ -17,11 +18,11 @@ from torch.distributed.fsdp import FSDPModule
 from tqdm.auto import tqdm
 
 from safedpo.config import ConfigError, TrainConfig
-from safedpo.data.margins import PairMargins, needs_pair_margins
+from safedpo.data.margins import PairMargins, data_categories, needs_pair_margins
 from safedpo.data.tokenization import (
     collate_pairs,
-    collate_shared_pairs,
     collate_sft,
+    collate_shared_pairs,
     tokenize_pairs,
     tokenize_sft,
 )
@@ -97,6 +98,25 @@ class SFTObjective(Objective):
         tokens = counts.sum()
         loss = -sums.sum() / tokens.clamp(min=1)
         return loss, {"loss": (-sums.sum(), tokens)}
+
+
+def check_margin_labels(config, pairs) -> None:
+    """The checks that need the data, before training: every ``delta_by_category`` key is a
+    category of the data; adaptive margins need categories. ConfigError naming the key and
+    the allowed names."""
+    if not config.delta_by_category and config.adaptive_delta_target is None:
+        return
+    names = data_categories(pairs)
+    if not names:
+        key = "delta_by_category" if config.delta_by_category else "adaptive_delta_target"
+        raise ConfigError(f"{key}: the data has no harm categories (PKU-SafeRLHF v1 "
+                          "response_*_harm_category columns), so no pair can match one")
+    for key in config.delta_by_category:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"delta_by_category: unknown harm category '{key}'{hint}; the "
+                              f"data has: {', '.join(names)}")
 
 
 class PreferenceObjective(Objective):

@@ -60,8 +60,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 import math
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -72,13 +72,18 @@ from accelerate.utils import set_seed
 from torch import nn
 from transformers import GenerationConfig
 
-from safedpo.config import (ConfigError, SafeRLHFConfig, TrainConfig, coerce, fields_of,
-                            read_yaml, validate)
+from safedpo.config import (
+    ConfigError,
+    SafeRLHFConfig,
+    TrainConfig,
+    coerce,
+    fields_of,
+    read_yaml,
+    validate,
+)
 from safedpo.data import DataError, load_rows
-from safedpo.data.prompts import format_prompt
-from safedpo.data.tokenization import encode_prompt
 from safedpo.data.sources import load_sft_examples
-from safedpo.data.tokenization import collate_sft, tokenize_sft
+from safedpo.data.tokenization import collate_sft, encode_prompt, tokenize_sft
 from safedpo.evaluate.scorers import (
     OracleCostScorer,
     OracleRewardScorer,
@@ -88,6 +93,7 @@ from safedpo.evaluate.scorers import (
 )
 from safedpo.logprobs import token_logps
 from safedpo.models.loading import load_model_and_tokenizer, resolve_dtype
+from safedpo.models.prompts import format_prompt
 from safedpo.train import distributed
 from safedpo.train.driver import StepDriver
 from safedpo.train.engines import check_settings

@@ -20,8 +20,7 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import broadcast_object_list
 from transformers import PreTrainedModel, get_scheduler
 
-from safedpo.config import (ConfigError, TrainConfig, read_yaml, resume_changes,
-                            save_config)
+from safedpo.config import ConfigError, TrainConfig, read_yaml, resume_changes, save_config
 from safedpo.logprobs import accepts_logits_to_keep
 from safedpo.models.loading import apply_lora, drop_gguf_marker, load_model_and_tokenizer
 from safedpo.models.sources import check_model

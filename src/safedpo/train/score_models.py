@@ -27,8 +27,8 @@ from safedpo.data.tokenization import pad_sequences
 from safedpo.evaluate.scorers import SCORE_KIND_KEY, conversation_ids
 from safedpo.models.loading import resolve_dtype
 from safedpo.models.sources import resolve_model_source, run_model_dir
-from safedpo.train.loop import config_pairs, run_objective
 from safedpo.train.engines import check_settings
+from safedpo.train.loop import config_pairs, run_objective
 from safedpo.train.objectives import Objective
 from safedpo.train.runtime import disable_dropout
 

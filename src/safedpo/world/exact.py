@@ -17,9 +17,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from safedpo.data.prompts import format_prompt
 from safedpo.data.tokenization import encode_pair
 from safedpo.logprobs import sequence_logps
+from safedpo.models.prompts import format_prompt
 from safedpo.world import spec
 from safedpo.world.world import World, WorldPrompt
 
