@@ -145,7 +145,7 @@ def collate_sft(items: list[dict], pad_token_id: int) -> dict:
 
 def _split(ids: torch.Tensor, loss_mask: torch.Tensor) -> tuple[list[int], list[int]]:
     """An encoded (prompt + response) -> (prompt ids, response ids)."""
-    n = int((~loss_mask).sum()) if not loss_mask.any() else int(loss_mask.float().argmax())
+    n = int(loss_mask.float().argmax()) if loss_mask.any() else len(loss_mask)
     return ids[:n].tolist(), ids[n:].tolist()
 
 

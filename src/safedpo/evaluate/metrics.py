@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from statistics import NormalDist
 
 import numpy as np
 
@@ -70,25 +71,13 @@ def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE
     if n < 1 or not 0 <= successes <= n:
         raise ValueError(f"wilson_interval needs 0 <= successes <= n, n >= 1; got {successes}, "
                          f"{n}")
-    z = _normal_quantile(0.5 + confidence / 2)
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
     p = successes / n
     denom = 1 + z * z / n
     center = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     # k = 0 and k = n: the bounds are exactly 0 and 1 (rounding would leave 1e-18)
     return (0.0 if successes == 0 else center - half), (1.0 if successes == n else center + half)
-
-
-def _normal_quantile(q: float) -> float:
-    """The standard normal's q-quantile, by bisection on erf (no scipy)."""
-    lo, hi = -10.0, 10.0
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < q:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
 
 
 def rate_estimate(indicators: Iterable[float | bool], **_boot) -> dict:
