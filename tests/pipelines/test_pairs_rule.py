@@ -4,6 +4,7 @@
 import json
 
 import pytest
+import torch
 from helpers import PKU_V1_COLUMNS, write_jsonl
 
 from safedpo.data import load_pairs
@@ -81,7 +82,8 @@ def test_only_what_follows_a_refusal_prefix_is_judged(answer, refuses):
     from safedpo.pipelines.pairs import prefix_refuses
 
     assert prefix_refuses(HARMFUL, answer, "I'm sorry, but") is refuses
-    assert classify(HARMFUL, answer) == "refusal"  # the judge alone sees the opening only
+    # the judge reads the stance too: "I'm sorry, but" + steps is compliance
+    assert (classify(HARMFUL, answer) == "refusal") is refuses
 
 
 def test_written_rows_have_the_v1_columns_and_load_as_safedpo_pairs(tmp_path):
@@ -98,6 +100,27 @@ def test_written_rows_have_the_v1_columns_and_load_as_safedpo_pairs(tmp_path):
     assert [p.chosen for p in harmless] == [REFUSE, REFUSE]  # DPO-HARMLESS learns to refuse
     helpful, _ = load_pairs(str(path), view="helpful")
     assert [p.chosen for p in helpful] == [COMPLY, COOKIES]
+
+
+def test_the_prompts_category_marks_the_unsafe_answer_and_reaches_the_margins(tmp_path):
+    from safedpo.config import TrainConfig
+    from safedpo.data.margins import PairMargins, data_categories
+
+    comply_first = label_pair((COMPLY, REFUSE), ("compliance", "refusal"), True)[0]
+    rows = [pku_row(HARMFUL, (COMPLY, REFUSE), comply_first, "strongreject", "Violence"),
+            pku_row(HARMFUL, (COMPLY, REFUSE), comply_first, "advbench", ["Physical", "Privacy"]),
+            pku_row(BENIGN, (COOKIES, REFUSE), label_pair(
+                (COOKIES, REFUSE), ("compliance", "refusal"), False)[0], "overrefusal", None)]
+    assert rows[0]["response_0_harm_category"] == {"Violence": True}     # the unsafe answer
+    assert rows[0]["response_1_harm_category"] == {"Violence": False}    # the refusal
+    assert rows[2]["response_0_harm_category"] is None                   # benign: no categories
+    pairs, _ = load_pairs(str(write_jsonl(tmp_path / "p.jsonl", rows)), view="safedpo")
+    assert [p.meta["harm_categories"] for p in pairs] == [
+        [[], ["Violence"]], [[], ["Physical", "Privacy"]], [None, None]]
+    assert data_categories(pairs) == ["Physical", "Privacy", "Violence"]
+    config = TrainConfig(delta=1.0, delta_by_category={"Violence": 7.0, "Privacy": 3.0})
+    # Delta 7 (Violence), Privacy's 3 (Physical is unmapped), and a safe/safe pair's margin 0.
+    assert PairMargins(config, pairs).margin(torch.arange(3)).tolist() == [7.0, 3.0, 0.0]
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -110,15 +110,23 @@ def first_sentence(text: str) -> str:
     return text[:m.end()] if m else text
 
 
-def pku_row(prompt: str, answers: tuple[str, str], labels: dict, source: str) -> dict:
-    """One row with exactly the PKU-SafeRLHF v1 columns. Harm categories and severity are
-    unknown for generated answers: null (the loader reads null as "no value")."""
+def pku_row(prompt: str, answers: tuple[str, str], labels: dict, source: str,
+            categories: list[str] | str | None = None) -> dict:
+    """One row with exactly the PKU-SafeRLHF v1 columns. Severity is unknown for generated
+    answers: null (the loader reads null as "no value"). Harm categories: the prompt's
+    (``categories``, e.g. StrongREJECT's or AdvBench's): an UNSAFE answer is marked with each
+    of them ({name: true}), a safe one with none ({name: false}); null without categories.
+    So per-category margins (``delta_by_category``, adaptive Delta) see the prompt's
+    category on the unsafe answer of a pair."""
+    names = [categories] if isinstance(categories, str) else list(categories or [])
     row = {"prompt": prompt, "response_0": answers[0], "response_1": answers[1],
            "prompt_source": source}
     for j in (0, 1):
+        unsafe = not labels[f"is_response_{j}_safe"]
         row[f"response_{j}_source"] = ("plain", "safety-system-prompt")[j]
         row[f"is_response_{j}_safe"] = labels[f"is_response_{j}_safe"]
-        row[f"response_{j}_harm_category"] = None
+        row[f"response_{j}_harm_category"] = ({name: unsafe for name in names} if names
+                                              else None)
         row[f"response_{j}_severity_level"] = None
         row[f"response_{j}_sha256"] = hashlib.sha256(answers[j].encode("utf-8")).hexdigest()
     row["better_response_id"] = labels["better_response_id"]
@@ -292,7 +300,8 @@ def _make_pairs(model, sources: list[str], out: Path, specs: list[str], *, max_p
             dropped.append({"prompt": rec["prompt"], "harmful": rec["harmful"], "reason": reason,
                             "outcomes": list(outs), "responses": list(pair)})
         else:
-            kept.append(pku_row(rec["prompt"], pair, labels, rec["source"]))
+            kept.append(pku_row(rec["prompt"], pair, labels, rec["source"],
+                                rec.get("category") if rec["harmful"] else None))
     write_jsonl(out / "pairs.jsonl", kept)
     write_jsonl(out / "dropped.jsonl", dropped)
     # Every answer with its outcome: on held-out prompts, the --answers of `safedpo eval`.
