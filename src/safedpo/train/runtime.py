@@ -4,6 +4,9 @@ and signal handling. ``safedpo.train.loop`` composes these; nothing here knows t
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import json
 import math
 import os
@@ -79,6 +82,28 @@ def disable_dropout(model):
         for name in ("attention_dropout", "dropout"):
             if isinstance(getattr(m, name, None), float):
                 setattr(m, name, 0.0)
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim`` (None where the C library has none: macOS, musl, Windows)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def trim_heap() -> None:
+    """Give the heap's free pages back to the OS (glibc ``malloc_trim(0)``; elsewhere nothing).
+
+    A step allocates and frees many activation tensors of 0.1-4 MiB; glibc keeps those in its
+    heap (it raises its mmap threshold after large frees), where freed blocks of one size do not
+    fit the next step's, so the resident set grows with fragmentation rather than with live
+    tensors. Trimming after every optimizer step returns the free pages (SmolLM2 + LoRA:
+    peak RSS 2,659 -> 2,468 MiB, docs/performance.md) for about a millisecond per step."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def cpu_supports_bf16() -> bool:
