@@ -11,8 +11,9 @@
 Scorers here: the synthetic world's oracle reward/cost; any ``AutoModelForSequenceClassification``
 with one output (reward or cost model); safe-rlhf's score-model format (Beaver reward/cost models,
 a decoder backbone with a ``score_head``), loaded without safe-rlhf and without remote code;
-string-match refusal detectors (XSTest's and the AdvBench/GCG prefix list); and a crude
-refusal-based cost for free text (``RefusalCostScorer``).
+string-match refusal detectors (XSTest's and the AdvBench/GCG prefix list); a crude
+refusal-based cost for free text (``RefusalCostScorer``); the three-outcome judge; and guard
+models (Llama-Guard-style and HarmBench-classifier-style, ``safedpo.evaluate.guards``).
 """
 
 from __future__ import annotations
@@ -25,35 +26,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from safedpo.data.tokenization import encode_prompt
+from safedpo.evaluate.base import KINDS, Scorer, default_device_dtype, pad_id  # noqa: F401
+from safedpo.evaluate.guards import GUARD_FORMATS, GuardScorer, check_guard_spec
 from safedpo.evaluate.judge import OUTCOME_CODE, classify
 from safedpo.models.prompts import SAFE_RLHF_TEMPLATE, format_prompt
 from safedpo.models.sources import looks_local, run_model_dir
 from safedpo.world import Oracle, World
-
-KINDS = ("reward", "cost", "refusal", "flag", "outcome")
-
-
-class Scorer:
-    """Base class. Subclasses set ``name`` (the key in generations.jsonl's ``scores``) and
-    ``kind`` (one of KINDS) and implement ``score``."""
-
-    name: str = "scorer"
-    kind: str = "reward"
-
-    def bind(self, records: Sequence[dict]) -> None:
-        """Called by ``evaluate`` with the prompt records (keys prompt, harmful, category)
-        before scoring. Default: nothing; scorers that need prompt metadata override it."""
-
-    def check(self, prompts: Sequence[str]) -> None:
-        """Called by ``evaluate`` BEFORE generating: raise a clear error if these prompts
-        cannot be scored. Default: any prompt can."""
-
-    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, kind={self.kind!r})"
-
 
 # ----------------------------------------------------------------------------- refusals
 # XSTest (Röttger et al. 2024) string-match classifier: a response is a refusal when, lower-cased
@@ -309,22 +287,6 @@ def check_score_model(config, name_or_path: str) -> None:
                          f"{', '.join(SAFE_RLHF_BACKBONES)}")
 
 
-def _default_device_dtype(device, dtype):
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if isinstance(dtype, str) and dtype != "auto":  # "auto": the checkpoint's own dtype
-        dtype = getattr(torch, dtype)
-    if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    return device, dtype
-
-
-def _pad_id(tokenizer) -> int:
-    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if token_id is not None:
-            return token_id
-    return 0
-
-
 def conversation_ids(tokenizer, prompt: str, response: str, *, prompt_template: str | None,
                      append_eos: bool, max_length: int | None) -> list[int]:
     """Token ids a sequence-classifier reward/cost model scores (``safedpo rm``/``cm`` train
@@ -365,7 +327,7 @@ class _ModelScorer(Scorer):
                                 append_eos=self.append_eos, max_length=self.max_length)
 
     def score(self, prompts, responses):
-        pad_id = self.pad_id
+        pad = self.pad_id
         scores: list[float] = []
         starts = range(0, len(prompts), self.batch_size)
         for start in tqdm(starts, desc=f"scoring {self.name}", disable=not self.progress,
@@ -374,7 +336,7 @@ class _ModelScorer(Scorer):
                                                        responses[start:start + self.batch_size],
                                                        strict=True)]
             width = max(len(s) for s in seqs)
-            input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (B, T)
+            input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)  # (B, T)
             attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, T)
             for i, s in enumerate(seqs):  # right padding
                 input_ids[i, : len(s)] = torch.tensor(s)
@@ -400,7 +362,7 @@ class SequenceClassifierScorer(_ModelScorer):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         check_sequence_classifier(_load_config(name_or_path, trust_remote_code), name_or_path)
-        self.device, dtype = _default_device_dtype(device, dtype)
+        self.device, dtype = default_device_dtype(device, dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path,
                                                        trust_remote_code=trust_remote_code)
         self.model = AutoModelForSequenceClassification.from_pretrained(
@@ -408,7 +370,7 @@ class SequenceClassifierScorer(_ModelScorer):
         # The model reads its score at the last token that is not config.pad_token_id, so pad
         # with exactly that id.
         if self.model.config.pad_token_id is None:
-            self.model.config.pad_token_id = _pad_id(self.tokenizer)
+            self.model.config.pad_token_id = pad_id(self.tokenizer)
         self.pad_id = self.model.config.pad_token_id
 
     def _forward(self, input_ids, attention_mask):
@@ -485,7 +447,7 @@ class SafeRLHFScoreModelScorer(_ModelScorer):
         if not 0 <= score_index < config.score_dim:
             raise ValueError(f"score_index={score_index} but score_dim={config.score_dim}")
         self.score_index = score_index
-        self.device, dtype = _default_device_dtype(device, dtype)
+        self.device, dtype = default_device_dtype(device, dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         model, info = _score_model_class().from_pretrained(
             name_or_path, config=config, dtype=dtype, output_loading_info=True)
@@ -494,7 +456,7 @@ class SafeRLHFScoreModelScorer(_ModelScorer):
             raise ValueError(f"{name_or_path}: the weights do not match a safe-rlhf score model; "
                              f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
         self.model = model.to(self.device).eval()
-        self.pad_id = _pad_id(self.tokenizer)  # any id: the end is found from the mask
+        self.pad_id = pad_id(self.tokenizer)  # any id: the end is found from the mask
         self.do_normalize = bool(getattr(config, "do_normalize", False))
         self.scale_only = kind == "cost"  # safe-rlhf: reward 'affine', cost 'scale'
 
@@ -542,6 +504,10 @@ SCORER_SPECS = {
                "patterns; per-outcome rates)",
     "reward:PATH": "reward model (sequence classifier with num_labels=1, or safe-rlhf score model)",
     "cost:PATH": "cost model (same formats; cost > 0 = unsafe)",
+    "llama-guard:PATH": "Llama-Guard-style guard model (its chat template; P(unsafe) - 0.5 as "
+                        "a cost)",
+    "harmbench:PATH": "HarmBench-classifier-style model (its prompt in "
+                      "PATH/harmbench_prompt.txt; P(Yes) - 0.5 as a cost)",
 }
 
 
@@ -557,6 +523,8 @@ def check_scorer_specs(specs: Iterable[str], prompts: Sequence[str] | None = Non
         kind, _, path = spec.partition(":")
         if kind in ("reward", "cost") and path:
             check_score_model_path(path, kind, f"scorer {kind}:")
+        elif kind in GUARD_FORMATS and path:
+            check_guard_spec(kind, path)
         elif spec not in SCORER_SPECS:
             forms = "; ".join(f"{k}: {v}" for k, v in SCORER_SPECS.items())
             raise ValueError(f"unknown scorer {spec!r}. Expected one of: {forms}")
@@ -576,6 +544,9 @@ def build_scorers(specs: Iterable[str], *, world_seed: int = 0, batch_size: int 
             scorers.append(load_model_scorer(path, kind, batch_size=batch_size, device=device,
                                              dtype=dtype, prompt_template=prompt_template,
                                              progress=progress))
+        elif kind in GUARD_FORMATS and path:
+            scorers.append(GuardScorer(path, kind, batch_size=batch_size, device=device,
+                                       dtype=dtype, progress=progress))
         elif spec in ("oracle", "oracle-reward"):
             scorers.append(OracleRewardScorer(world_seed=world_seed))
             if spec == "oracle":
