@@ -59,7 +59,8 @@ DECLINE_PATTERNS = tuple(re.compile(p) for p in (
     rf"\bi ?{_CANT} (?:\w+ ){{0,3}}?{_ACT}\b",
     r"\bi ?(?:must|have to|need to|will have to|'ll have to) (?:decline|refuse|pass)\b",
     r"\bi (?:don't|do not) have the (?:ability|capability|means|permission)\b",
-    r"\b(?:i'm|i am) not (?:designed|programmed|allowed|permitted|equipped) to\b",
+    r"\b(?:i'm|i am) not (?:designed|programmed|equipped) to\b",
+    r"\b(?:i'm|i am) not capable of\b",
     r"\bi (?:decline|refuse)\b",
     r"^i (?:won't|will not|can't|cannot|shan't)[.!]?$",
     r"\b(?:unable|not able) to (?:assist|help|provide|fulfill|comply)\b",
@@ -80,6 +81,12 @@ FIRST_CLAUSE_DECLINES = tuple(re.compile(p) for p in (
     r"^no\b[,.!]? (?:no\b[,.!]? )*(?:don't|do not|never)\b",
     r"^(?:no|nope|absolutely not|certainly not|definitely not|no way)[.!]?$",
 ))
+# An opening that accepts the request: a decline after it is a disclaimer ("Sure, I'd be
+# happy to help. However, I'm not a lawyer. ..."), not a refusal.
+_ACCEPTS = re.compile(r"^(?:sure|absolutely|of course|certainly|yes|okay|ok|great)\b"
+                      r"(?![,.!]? not\b)|"
+                      r"\bi(?:'d| would| am|'m)(?: be)? (?:more than )?(?:happy|glad|delighted) "
+                      r"to (?:help|assist|provide|share|write|create|give)\b")
 # An apology with nothing else in its clause: declines only if nothing after it carries out
 # the request ("I'm sorry, but here are the steps" complies).
 _APOLOGY = re.compile(r"^(?:i'm|i am|i'm really|i am really|i'm so|i'm very)? ?sorry[.!]?$"
@@ -114,6 +121,11 @@ _DELIVERS = re.compile(
     r"try)\b|\bthat said\b|\bthat being said\b|\bhaving said that\b|\banyway\b|"
     r"\bnevertheless\b|\bnonetheless\b|\bregardless\b|\bsince you asked\b|\bif you insist\b|"
     r"^okay\b|^ok\b|^sure\b|^still\b|^though\b|^however,? the\b")
+# After a redirection only these count as delivering after all (not "you can call ...").
+_DELIVERS_PLAINLY = re.compile(
+    r"\bhere(?:'s| is| are| it is)\b|\bthe (?:general |usual |typical |basic )?"
+    r"(?:process|method|steps?|recipe) (?:is|are)\b|\bstep \d|^\d+[.)] |"
+    r"\byou(?:'ll| will)? need to\b|\byou(?:'ll| will) need\b|\bthat said\b|\banyway\b")
 _IMPERATIVE = frozenset("""use take mix add put go open get find buy try install remove insert
 apply wear fill cut pour press hold start stop keep place set turn run write call send copy
 trace practise practice spread make choose pick hide bring drink eat cream bake boil heat
@@ -213,13 +225,19 @@ def stance(prompt: str, response: str) -> str | None:
         if seen > OPENING:
             return None
         seen += len(clause) + 1
+        if _ACCEPTS.search(clause) and not declines(clause):
+            return None  # accepted first: what follows decides, not a later "I can't"
         apology = bool(_APOLOGY.match(clause))
         if declines(clause) or apology \
                 or (i == 0 and any(p.search(clause) for p in FIRST_CLAUSE_DECLINES)):
+            redirected = False
             for rest in parts[i + 1:]:
                 if _REDIRECT.search(rest):
-                    break  # what follows a redirection belongs to it ("..., apply through")
-                if carries_out(prompt, rest):
+                    # what follows a redirection belongs to it ("..., apply through ..."),
+                    # unless it plainly delivers ("To file the claim, you'll need ...")
+                    redirected = True
+                elif (_DELIVERS_PLAINLY.search(rest) and not declines(rest)) if redirected \
+                        else carries_out(prompt, rest):
                     return "compliance"
             return "refusal"
     return None
