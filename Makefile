@@ -24,7 +24,7 @@ DEMO_ARGS   ?=
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-.PHONY: setup test-setup demo test lock bench bench-smollm2 real clean
+.PHONY: setup test-setup demo test lock bench bench-smollm2 real real-margins clean
 
 setup: $(STAMP)
 
@@ -102,6 +102,21 @@ real: $(TEST_STAMP)
 	  echo "stage held-out answers: $$(( $$(date +%s) - t )) s"
 	@t=$$(date +%s); $(VENV)/bin/safedpo compare --config configs/compare-real.yaml && \
 	  echo "stage train + evaluate + report: $$(( $$(date +%s) - t )) s"
+
+# Issue 26 on SmolLM2 (configs/compare-margins-real.yaml): per-StrongREJECT-category margins.
+# On-policy pairs from 136 StrongREJECT prompts (each unsafe answer carries its prompt's
+# category) + benign how-to + over-refusal, then plain SafeDPO and the margin variants,
+# evaluated on 96 held-out StrongREJECT and 48 over-refusal prompts; the table in
+# docs/margins.md comes from scripts/margins_real_table.py (about 50 min on 2 cores).
+real-margins: $(TEST_STAMP)
+	@t=$$(date +%s); $(VENV)/bin/safedpo pairs --model $(SMOLLM2) --prompts strongreject:200 \
+	  --prompts benign-howto:32 --prompts overrefusal:55 \
+	  --holdout strongreject:96+overrefusal:48 --refusal-prefix "I'm sorry, but" \
+	  --max-new-tokens 64 --output-dir runs/margins-real/pairs && \
+	  echo "stage pairs: $$(( $$(date +%s) - t )) s"
+	@t=$$(date +%s); $(VENV)/bin/safedpo compare --config configs/compare-margins-real.yaml && \
+	  echo "stage train + evaluate + report: $$(( $$(date +%s) - t )) s"
+	$(PY) scripts/margins_real_table.py
 
 clean:
 	rm -rf $(VENV) .venv-lock runs build dist src/*.egg-info
