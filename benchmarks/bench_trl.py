@@ -45,7 +45,7 @@ from workload import PRESETS, Workload  # noqa: E402
 
 QUICK = {"n_pairs": 32, "max_steps": 4, "warmup_steps": 1}
 # On SmolLM2 the like-for-like pair only: each run costs about a minute there.
-SMOLLM2_ARMS = ("trl_same", "ours_dpo")
+SMOLLM2_ARMS = ("trl_same", "ours_dpo", "ours_dpo_trim")
 
 
 def _parser() -> argparse.ArgumentParser:

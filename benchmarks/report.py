@@ -31,6 +31,10 @@ RATIOS = [
 SMOLLM2_RATIOS = [
     ("ours_dpo", "trl_same", "tokens/s, LoRA, vs TRL + peft, same settings", 1.5, "speed", True),
     ("ours_dpo", "trl_same", "peak RSS, LoRA, vs TRL + peft, same settings", 0.8, "rss", True),
+    ("ours_dpo_trim", "trl_same", "tokens/s, LoRA, trim_heap, vs TRL + peft, same settings",
+     1.5, "speed", True),
+    ("ours_dpo_trim", "trl_same", "peak RSS, LoRA, trim_heap, vs TRL + peft, same settings",
+     0.8, "rss", True),
     ("ours_dpo_bf16", "trl_default", "tokens/s, LoRA, vs TRL + peft defaults, same precision",
      None, "speed", True),
     ("ours_dpo_bf16", "trl_default", "peak RSS, LoRA, vs TRL + peft defaults, same precision",
@@ -41,7 +45,7 @@ PAR_MIN_REPS = 3
 
 # Runs that must do the same math: step losses agree to LOSS_TOL at every step.
 LOSS_PAIRS = [("ours_dpo", "trl_same"), ("ours_dpo_pre", "trl_same_pre"),
-              ("ours_dpo", "ours_dpo_pre")]
+              ("ours_dpo", "ours_dpo_pre"), ("ours_dpo_trim", "trl_same")]
 # Informational only: TRL's defaults train in bf16 autocast, so its losses drift from fp32.
 LOSS_INFO = [("ours_dpo", "trl_default"), ("ours_dpo_bf16", "trl_default")]
 LOSS_TOL = 1e-4

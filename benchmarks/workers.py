@@ -33,6 +33,7 @@ class Arm:
     precompute_ref_log_probs: bool = False
     loss_type: str = "dpo"  # ours only ("dpo" | "safedpo"); TRL always runs sigmoid (= DPO)
     bf16: bool = False  # ours only: bf16 autocast (CUDA, or a CPU with native bf16)
+    trim_heap: bool = False  # ours only: free heap pages back to the OS after every step
     # TRL only: DPOConfig fields that differ from TRL's defaults (empty = TRL's defaults).
     trl_overrides: dict = field(default_factory=dict)
 
@@ -48,6 +49,8 @@ ARMS: dict[str, Arm] = {
     "ours_dpo": Arm("ours", "safedpo, DPO", loss_type="dpo"),
     "ours_dpo_bf16": Arm("ours", "safedpo, DPO, bf16 autocast (as TRL's defaults)",
                          loss_type="dpo", bf16=True),
+    "ours_dpo_trim": Arm("ours", "safedpo, DPO, trim_heap (free heap pages returned after "
+                                 "every step)", loss_type="dpo", trim_heap=True),
     "ours_safedpo": Arm("ours", "safedpo, SafeDPO (Delta=10)", loss_type="safedpo"),
     "trl_same_pre": Arm("trl", "TRL DPOTrainer, same settings, precomputed ref log-probs",
                         precompute_ref_log_probs=True, trl_overrides=_TRL_SAME),
@@ -194,6 +197,7 @@ def run_ours(arm: Arm, workload: Workload, workdir: Path, run_dir: Path) -> dict
         prompt_template=PROMPT_TEMPLATE,
         gradient_checkpointing=False,
         bf16=arm.bf16,
+        trim_heap=arm.trim_heap,
         # LoRA workload: target modules None = all linear layers but lm_head (TRL: "all-linear")
         **(dict(use_peft=True, lora_r=workload.lora_r, lora_alpha=workload.lora_alpha,
                 lora_dropout=0.0, lora_target_modules=None) if workload.lora_r else {}),

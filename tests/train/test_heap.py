@@ -1,4 +1,4 @@
-"""The trainer gives freed heap pages back to the OS after every optimizer step."""
+"""``trim_heap``: the trainer gives freed heap pages back to the OS after every optimizer step."""
 
 import subprocess
 import sys
@@ -40,7 +40,8 @@ def test_trim_heap_returns_freed_blocks_below_the_top_of_the_heap():
     assert before - after > 100, (before, after)  # 119 MiB were free but resident
 
 
-def test_the_driver_trims_after_every_optimizer_step(tmp_path, monkeypatch):
+@pytest.mark.parametrize("on", [True, False])
+def test_with_trim_heap_the_driver_trims_after_every_optimizer_step(tmp_path, monkeypatch, on):
     from helpers import make_pairs, tiny_config, tiny_model
 
     from safedpo.train import driver
@@ -48,6 +49,6 @@ def test_the_driver_trims_after_every_optimizer_step(tmp_path, monkeypatch):
 
     calls = []
     monkeypatch.setattr(driver, "trim_heap", lambda: calls.append(1))
-    train(tiny_config(tmp_path, tiny_model(tmp_path), max_steps=3,
+    train(tiny_config(tmp_path, tiny_model(tmp_path), max_steps=3, trim_heap=on,
                       per_device_train_batch_size=2), make_pairs())
-    assert len(calls) == 3
+    assert len(calls) == (3 if on else 0)

@@ -107,7 +107,8 @@ class StepDriver:
         came, a checkpoint. -> True when the loop must stop (a signal: checkpoint saved)."""
         acc, config = self.accelerator, self.config
         gs = self.state["global_step"] = step + 1
-        trim_heap()
+        if config.trim_heap:
+            trim_heap()
         self.bar.update(1)
         stopping = self.stop.requested(acc)
         if gs % config.logging_steps == 0 or gs == self.total_steps or stopping:
