@@ -115,3 +115,11 @@ def test_guard_specs_fail_fast_with_one_line(tmp_path, harmbench):
     with pytest.raises(ValueError, match="no config.json"):
         check_scorer_specs([f"llama-guard:{tmp_path / 'empty'}"])
     check_scorer_specs([f"harmbench:{harmbench}"])  # a good one passes
+
+
+def test_a_guard_model_that_cannot_speak_its_format_is_refused_with_one_line(harmbench):
+    # the HarmBench-style tiny model has no chat template: no Llama-Guard prompt can be built
+    with pytest.raises(ValueError, match="no chat template"):
+        GuardScorer(str(harmbench), "llama-guard", progress=False)
+    with pytest.raises(ValueError, match="unknown guard format 'shieldgemma'"):
+        GuardScorer(str(harmbench), "shieldgemma", progress=False)
