@@ -21,8 +21,9 @@ import argparse
 import json
 from pathlib import Path
 
-from safedpo.evaluate.judge import classify
-from safedpo.evaluate.metrics import mcnemar, rate_estimate
+from safedpo.evaluate.metrics import rate_estimate
+from safedpo.evaluate.outcomes import fmt as _fmt
+from safedpo.evaluate.outcomes import judge, paired_refusals, read_rows
 
 
 def generations(run_dir: Path) -> dict[str, list[dict]]:
@@ -30,19 +31,15 @@ def generations(run_dir: Path) -> dict[str, list[dict]]:
     out = {}
     for path in sorted(run_dir.glob("*/eval/**/generations.jsonl")):
         name = path.relative_to(run_dir).parts[0]
-        out[name] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        out[name] = read_rows(path)
     return out
-
-
-def _fmt(est: dict) -> str:
-    return f"{100 * est['value']:.1f} [{100 * est['ci_low']:.1f}, {100 * est['ci_high']:.1f}]"
 
 
 def table(models: dict[str, list[dict]], plain: str = "safedpo") -> dict:
     result: dict = {"models": {}, "paired_vs_plain": {}}
     judged = {}
     for name, rows in models.items():
-        outcomes = [classify(r["prompt"], r["response"]) for r in rows]
+        outcomes = judge(rows)
         judged[name] = (rows, outcomes)
         harmful = [(r, o) for r, o in zip(rows, outcomes) if r.get("harmful")]
         benign = [o for r, o in zip(rows, outcomes) if r.get("harmful") is False]
@@ -67,13 +64,7 @@ def table(models: dict[str, list[dict]], plain: str = "safedpo") -> dict:
         for name, (rows, outcomes) in judged.items():
             if name == plain:
                 continue
-            if [r["prompt"] for r in rows] != [r["prompt"] for r in base_rows]:
-                raise ValueError(f"{name} and {plain} were evaluated on different prompts")
-            pairs = {}
-            for group, want in (("harmful_refusal", True), ("benign_refusal", False)):
-                idx = [i for i, r in enumerate(rows) if r.get("harmful") is want]
-                pairs[group] = mcnemar([outcomes[i] == "refusal" for i in idx],
-                                       [base_out[i] == "refusal" for i in idx])
+            pairs = paired_refusals(rows, outcomes, base_out, base_rows)
             result["paired_vs_plain"][name] = pairs
     return result
 

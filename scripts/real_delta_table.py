@@ -15,23 +15,13 @@ import argparse
 import json
 from pathlib import Path
 
-from safedpo.evaluate.judge import classify
-from safedpo.evaluate.metrics import mcnemar, rate_estimate
-
-
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from safedpo.evaluate.outcomes import judge, outcome_rates, paired_refusals
+from safedpo.evaluate.outcomes import read_rows as _rows
 
 
 def summarize(rows: list[dict]) -> tuple[dict, list[str]]:
-    outcomes = [classify(r["prompt"], r["response"]) for r in rows]
-    harm = [o for r, o in zip(rows, outcomes) if r.get("harmful")]
-    benign = [o for r, o in zip(rows, outcomes) if r.get("harmful") is False]
-    return {"harmful_refusal": rate_estimate([o == "refusal" for o in harm]),
-            "harmful_compliance": rate_estimate([o == "compliance" for o in harm]),
-            "harmful_nonanswer": rate_estimate([o == "nonanswer" for o in harm]),
-            "over_refusal": rate_estimate([o == "refusal" for o in benign]),
-            "benign_answered": rate_estimate([o == "compliance" for o in benign])}, outcomes
+    outcomes = judge(rows)
+    return outcome_rates(rows, outcomes), outcomes
 
 
 def main() -> None:
@@ -53,14 +43,9 @@ def main() -> None:
     if 10.0 in judged:
         base_rows, base = runs[10.0], judged[10.0][1]
         for d, (_, outs) in judged.items():
-            if d == 10.0:
-                continue
-            pairs = {}
-            for group, want in (("harmful_refusal", True), ("benign_refusal", False)):
-                idx = [i for i, r in enumerate(base_rows) if r.get("harmful") is want]
-                pairs[group] = mcnemar([outs[i] == "refusal" for i in idx],
-                                       [base[i] == "refusal" for i in idx])
-            result["paired_vs_delta10"][str(d)] = pairs
+            if d != 10.0:
+                result["paired_vs_delta10"][str(d)] = paired_refusals(base_rows, outs, base,
+                                                                      runs[d])
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
 
     import matplotlib
