@@ -24,7 +24,8 @@ DEMO_ARGS   ?=
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-.PHONY: setup test-setup demo test lock bench bench-smollm2 real real-margins clean
+.PHONY: setup test-setup demo test lock bench bench-smollm2 real real-margins real-delta \
+	real-seeds real-unseen real-unseen-eval real-rl real-full clean
 
 setup: $(STAMP)
 
@@ -102,6 +103,42 @@ real: $(TEST_STAMP)
 	  echo "stage held-out answers: $$(( $$(date +%s) - t )) s"
 	@t=$$(date +%s); $(VENV)/bin/safedpo compare --config configs/compare-real.yaml && \
 	  echo "stage train + evaluate + report: $$(( $$(date +%s) - t )) s"
+
+# The full real-model study (issue 23): `make real`, then Delta 0/1/10, training seeds 1 and 2
+# and the unseen prompt sets, each a part of its own that runs after `make real` (its pairs and
+# runs). `make real-rl` (Safe RLHF and SACPO) is apart. Measured stage times: docs/real-model.md.
+REAL_UNSEEN := runs/real/unseen
+real-delta: $(TEST_STAMP)
+	@t=$$(date +%s); $(VENV)/bin/safedpo compare --config configs/compare-real-delta.yaml && \
+	  $(PY) scripts/real_delta_table.py && echo "stage delta: $$(( $$(date +%s) - t )) s"
+real-seeds: $(TEST_STAMP)
+	@t=$$(date +%s); for s in 1 2; do $(VENV)/bin/safedpo compare \
+	  --config configs/compare-real-seeds.yaml --seed $$s --output_dir runs/real/compare-seed$$s \
+	  || exit 1; done; $(PY) scripts/real_seeds_table.py && \
+	  echo "stage seeds: $$(( $$(date +%s) - t )) s"
+# make real's four policies on prompts never trained on (HarmBench, StrongREJECT, over-refusal,
+# how-to), then the log-prob shift of the reference's own benign answers under each.
+real-unseen: $(TEST_STAMP)
+	@t=$$(date +%s); $(PY) scripts/real_unseen_prompts.py --out $(REAL_UNSEEN)/prompts.jsonl && \
+	$(MAKE) --no-print-directory real-unseen-eval MODEL=reference ANSWERS= && \
+	$(PY) scripts/real_unseen_prompts.py --benign-answers $(REAL_UNSEEN)/reference \
+	  --out $(REAL_UNSEEN)/benign-answers.jsonl && \
+	for m in reference safedpo dpo_helpful dpo_harmless; do $(MAKE) --no-print-directory \
+	  real-unseen-eval MODEL=$$m ANSWERS="--answers $(REAL_UNSEEN)/benign-answers.jsonl" \
+	  || exit 1; done && \
+	$(PY) scripts/real_unseen_table.py && echo "stage unseen: $$(( $$(date +%s) - t )) s"
+# One policy of make real (MODEL: reference or a method of runs/real/compare) on the unseen set;
+# a finished evaluation is not generated again (only its scores and answer log-probs).
+real-unseen-eval:
+	$(VENV)/bin/safedpo eval --model $(if $(filter reference,$(MODEL)),$(SMOLLM2),runs/real/compare/$(MODEL)) \
+	  --prompts $(REAL_UNSEEN)/prompts.jsonl --output-dir $(REAL_UNSEEN)/$(MODEL) --label $(MODEL) \
+	  --scorer outcome --scorer refusal --max-new-tokens 64 --batch-size 8 \
+	  --prompt-template chat --no-progress $(ANSWERS)
+# Safe RLHF (reward and cost models on make real's pairs, PPO-Lagrangian) and SACPO (issue 24).
+real-rl: $(TEST_STAMP)
+	@t=$$(date +%s); $(VENV)/bin/safedpo compare --config configs/compare-real-rl.yaml && \
+	  $(PY) scripts/real_rl_table.py && echo "stage rl: $$(( $$(date +%s) - t )) s"
+real-full: real real-delta real-seeds real-unseen
 
 # Issue 26 on SmolLM2 (configs/compare-margins-real.yaml): per-StrongREJECT-category margins.
 # On-policy pairs from 136 StrongREJECT prompts (each unsafe answer carries its prompt's
