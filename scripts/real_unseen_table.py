@@ -69,6 +69,9 @@ def main() -> None:
         graded = read_rows(GRADES)
         result["helpfulness"] = grade_rates(graded)
         result["grader_agreement"] = grade_agreement(graded)
+        # DPO-HARMLESS refuses every benign question: agreement without its easy answers
+        result["grader_agreement_reference_safedpo"] = grade_agreement(
+            [g for g in graded if g["model"] in ("reference", "safedpo")])
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     _plot(result, args.plot)
 
@@ -100,17 +103,19 @@ def main() -> None:
             f"{label} {v['value']:+.2f} [{v['ci_low']:+.2f}, {v['ci_high']:+.2f}] nats"
             for label, v in s.items()))
     for m, h in result.get("helpfulness", {}).items():
-        paired = h.get("helpful_vs_reference")
         lines.append(f"\n{m}: helpful {fmt(h['helpful'])}, partial {fmt(h['partial'])}, "
-                     f"unhelpful {fmt(h['unhelpful'])} (n={h['helpful']['n']}, "
-                     f"{h['words']:.0f} words)" + (
-                         f"; helpful vs reference: {paired['first_only']} / "
-                         f"{paired['second_only']}, p = {paired['p_value']:.2g}"
-                         if paired else ""))
+                     f"unhelpful {fmt(h['unhelpful'])}, useful {fmt(h['useful'])} "
+                     f"(n={h['helpful']['n']}, {h['words']:.0f} words)" + "".join(
+                         f"; {k} vs reference: {h[k + '_vs_reference']['first_only']} / "
+                         f"{h[k + '_vs_reference']['second_only']}, "
+                         f"p = {h[k + '_vs_reference']['p_value']:.2g}"
+                         for k in ("helpful", "useful") if k + "_vs_reference" in h))
     if "grader_agreement" in result:
         a = result["grader_agreement"]
+        b = result["grader_agreement_reference_safedpo"]
         lines.append(f"\ngraders agree on {a['agreement']:.0%} of {a['n']} answers graded twice "
-                     f"(Cohen's kappa {a['kappa']:.2f})")
+                     f"(Cohen's kappa {a['kappa']:.2f}); on the reference's and SafeDPO's "
+                     f"{b['n']}: {b['agreement']:.0%}, kappa {b['kappa']:.2f}")
     print("\n".join(lines))
 
 
@@ -134,10 +139,11 @@ def _plot(result: dict, path: str) -> None:
                      [100 * (e["ci_high"] - e["value"]) for e in est]], capsize=2)
     ax.set_xticks(range(len(groups)), [g[2] for g in groups], fontsize=8)
     ax.set_ylabel("% of prompts never trained on\n(Wilson 95%)")
-    ax.set_ylim(0, 105)
+    ax.set_ylim(0, 122)
+    ax.set_yticks(range(0, 101, 20))
     ax.set_title("SmolLM2-135M, make real's policies on unseen prompts "
                  "(2 cores, Xeon AVX512-BF16)", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncol=len(models), loc="upper center")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

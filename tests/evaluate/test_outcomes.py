@@ -99,6 +99,10 @@ def test_grade_rates_per_model_and_paired_on_helpful():
     assert rates["policy"]["unhelpful"]["value"] == 0.0
     t = rates["policy"]["helpful_vs_reference"]
     assert (t["n"], t["first_only"], t["second_only"], t["p_value"]) == (2, 0, 1, 1.0)
+    # useful = helpful or partial: the policy's 2 of 2 against the reference's 2 of 2
+    assert rates["policy"]["useful"]["value"] == 1.0
+    u = rates["policy"]["useful_vs_reference"]
+    assert (u["first_only"], u["second_only"], u["p_value"]) == (0, 0, 1.0)
     assert "helpful_vs_reference" not in rates["reference"]
 
 

@@ -103,8 +103,9 @@ GRADES = ("helpful", "partial", "unhelpful")
 
 def grade_rates(graded: Sequence[dict], reference: str = "reference") -> dict:
     """Helpfulness graded by reading: rows {model, source, index, response, grade}. Per model,
-    the share of each grade (Wilson), the mean answer length in words and, for each model but
-    ``reference``, McNemar on 'helpful' against ``reference`` on the prompts graded for both."""
+    the share of each grade (Wilson), the share graded helpful or partial ('useful'), the mean
+    answer length in words and, for each model but ``reference``, McNemar on 'helpful' and on
+    'useful' against ``reference`` on the prompts graded for both."""
     by_model: dict[str, dict] = {}
     for g in graded:
         by_model.setdefault(g["model"], {})[(g["source"], g["index"])] = g
@@ -112,13 +113,15 @@ def grade_rates(graded: Sequence[dict], reference: str = "reference") -> dict:
     for m, items in by_model.items():
         rows = list(items.values())
         out[m] = {grade: rate_estimate([g["grade"] == grade for g in rows]) for grade in GRADES}
+        out[m]["useful"] = rate_estimate([g["grade"] != "unhelpful" for g in rows])
         out[m]["words"] = sum(len(g["response"].split()) for g in rows) / len(rows)
         if m != reference and reference in by_model:
             ref = by_model[reference]
             common = [k for k in items if k in ref]
-            out[m]["helpful_vs_reference"] = mcnemar(
-                [items[k]["grade"] == "helpful" for k in common],
-                [ref[k]["grade"] == "helpful" for k in common])
+            for name, good in (("helpful", ("helpful",)), ("useful", ("helpful", "partial"))):
+                out[m][f"{name}_vs_reference"] = mcnemar(
+                    [items[k]["grade"] in good for k in common],
+                    [ref[k]["grade"] in good for k in common])
     return out
 
 
