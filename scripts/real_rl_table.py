@@ -23,6 +23,7 @@ import argparse
 import json
 from pathlib import Path
 
+import yaml
 from saferlhf_cost import cpu_model, dpo_passes
 
 from safedpo.evaluate.metrics import mean_estimate, rate_estimate
@@ -31,22 +32,39 @@ from safedpo.evaluate.outcomes import (fmt, judge, markdown_table, outcome_rates
 from safedpo.evaluate.scorers import build_scorers
 
 LABELS = {"reference": "reference", "safedpo": "SafeDPO", "dpo_helpful": "DPO-HELPFUL",
-          "dpo_harmless": "DPO-HARMLESS", "sacpo": "SACPO", "saferlhf": "Safe RLHF"}
+          "dpo_harmless": "DPO-HARMLESS", "sacpo": "SACPO", "saferlhf": "Safe RLHF",
+          "saferlhf_binding": "Safe RLHF, binding threshold"}
+CONFIG_KEYS = ("learning_rate", "critic_learning_rate", "kl_coef", "cost_threshold",
+               "lambda_init", "lambda_lr", "lambda_max", "num_train_epochs",
+               "per_device_train_batch_size", "response_length", "num_ppo_epochs")
 
 
 def _eval_dir(run: Path) -> Path:
-    return run / "eval" if (run / "eval" / "generations.jsonl").is_file() \
-        else run / "eval" / "compare"
+    """A compare method's evaluation: RUN/eval (the reference), RUN/eval/compare, or its last
+    stage's (SACPO: RUN/harmless/eval/compare)."""
+    for d in (run / "eval", run / "eval" / "compare", run / "harmless" / "eval" / "compare"):
+        if (d / "generations.jsonl").is_file():
+            return d
+    raise FileNotFoundError(f"no evaluation under {run}")
 
 
-def costs(real: Path, rl: Path) -> dict:
+def costs(real: Path, rl: Path, rl_methods: list[str]) -> dict:
+    """Training cost per method. A Safe RLHF run given the first run's reward and cost models
+    (saferlhf_binding) is charged their training too, so each row is the whole method."""
     out = {m: dpo_passes(real / m) for m in ("safedpo", "dpo_helpful", "dpo_harmless")}
     stages = [dpo_passes(rl / "sacpo" / s) for s in ("helpful", "harmless")]
     out["sacpo"] = {k: sum(s[k] for s in stages) for k in stages[0]}
-    summary = json.loads((rl / "saferlhf" / "train_summary.json").read_text())
-    out["saferlhf"] = {"train_seconds": summary["train_seconds"], "steps": summary["global_step"],
-                       **summary["passes"], "parts_seconds": {"ppo": summary["ppo_seconds"], **{
-                           k: v["train_seconds"] for k, v in summary["score_models"].items()}}}
+    first = json.loads((rl / "saferlhf" / "train_summary.json").read_text())
+    score_seconds = {k: v["train_seconds"] for k, v in first["score_models"].items()}
+    score_passes = {k: first["passes"][k] - first["ppo_passes"][k] for k in first["passes"]}
+    for m in (m for m in rl_methods if m.startswith("saferlhf")):
+        summary = json.loads((rl / m / "train_summary.json").read_text())
+        own = bool(summary.get("score_models"))
+        out[m] = {"train_seconds": summary["train_seconds"] + (0 if own else
+                                                               sum(score_seconds.values())),
+                  "steps": summary["global_step"],
+                  **{k: v + (0 if own else score_passes[k]) for k, v in summary["passes"].items()},
+                  "parts_seconds": {"ppo": summary["ppo_seconds"], **score_seconds}}
     return out
 
 
@@ -79,7 +97,8 @@ def main() -> None:
     real, rl = Path(args.real), Path(args.rl)
     dirs = {m: _eval_dir(real / m) for m in ("reference", "safedpo", "dpo_helpful",
                                              "dpo_harmless")}
-    dirs.update({m: _eval_dir(rl / m) for m in ("sacpo", "saferlhf")})
+    rl_methods = [m for m in ("sacpo", "saferlhf", "saferlhf_binding") if (rl / m).is_dir()]
+    dirs.update({m: _eval_dir(rl / m) for m in rl_methods})
     rows = {m: read_rows(d) for m, d in dirs.items()}
     outs = {m: judge(rs) for m, rs in rows.items()}
     result: dict = {"machine": cpu_model(), "outcomes": {m: outcome_rates(rows[m], outs[m])
@@ -89,15 +108,18 @@ def main() -> None:
     for a, b in pairs:
         result["paired"][f"{a} vs {b}"] = paired_refusals(rows[a], outs[a], outs[b], rows[b])
     result["score_models"] = score_model_table(rows, rl)
-    result["cost"] = costs(real, rl)
-    log = [json.loads(line) for line in (rl / "saferlhf" / "metrics.jsonl").read_text()
-           .splitlines() if line.strip()]
-    curve = [{k: r.get(k) for k in ("step", "lagrange/lambda", "lagrange/episode_cost",
-                                    "cost/mean", "reward/mean", "kl")}
-             for r in log if "lagrange/lambda" in r]
-    result["saferlhf_curve"] = curve
+    result["cost"] = costs(real, rl, rl_methods)
+    curves = {}
+    for m in (m for m in rl_methods if m.startswith("saferlhf")):
+        log = read_rows(rl / m / "metrics.jsonl")
+        curves[m] = [{k: r.get(k) for k in ("step", "lagrange/lambda", "lagrange/episode_cost",
+                                            "cost/mean", "reward/mean", "kl")}
+                     for r in log if "lagrange/lambda" in r]
+        result["config_" + m] = {k: v for k, v in yaml.safe_load(
+            (rl / m / "config.yaml").read_text()).items() if k in CONFIG_KEYS}
+    result["saferlhf_curves"] = curves
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    _plot(curve, args.plot)
+    _plot(curves, {m: result["config_" + m]["cost_threshold"] for m in curves}, args.plot)
 
     keys = ("harmful_refusal", "harmful_compliance", "harmful_nonanswer", "over_refusal",
             "benign_nonanswer")
@@ -122,31 +144,32 @@ def main() -> None:
     for m, c in result["cost"].items():
         lines.append(f"| {LABELS[m]} | {c['train_seconds']:.0f} | {c['forward']:,} | "
                      f"{c['backward']:,} | {c['generated_tokens']:,} |")
-    parts = result["cost"]["saferlhf"]["parts_seconds"]
-    lines.append("\nSafe RLHF parts (s): " + ", ".join(f"{k} {v:.0f}" for k, v in parts.items()))
+    for m in curves:
+        parts = result["cost"][m]["parts_seconds"]
+        lines.append(f"\n{LABELS[m]} parts (s): " + ", ".join(f"{k} {v:.0f}"
+                                                            for k, v in parts.items()))
     print("\n".join(lines))
 
 
-def _plot(curve: list[dict], path: str) -> None:
+def _plot(curves: dict[str, list[dict]], thresholds: dict[str, float], path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [c["step"] for c in curve]
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
-    axes[0].plot(steps, [c["lagrange/lambda"] for c in curve], label="lambda")
-    axes[0].set_xlabel("PPO step")
-    axes[0].set_ylabel("lambda")
-    twin = axes[0].twinx()
-    twin.plot(steps, [c["lagrange/episode_cost"] for c in curve], color="C3",
-              label="episode cost (window)")
-    twin.axhline(0.0, color="C3", linestyle=":", linewidth=1)
-    twin.set_ylabel("cost (threshold 0, dotted)", color="C3")
-    axes[1].plot(steps, [c["reward/mean"] for c in curve], label="reward")
-    axes[1].plot(steps, [c["cost/mean"] for c in curve], label="cost")
-    axes[1].set_xlabel("PPO step")
-    axes[1].legend(fontsize=8)
-    fig.suptitle("Safe RLHF on SmolLM2-135M (LoRA): lambda and the rollouts' scores "
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for j, (m, curve) in enumerate(curves.items()):
+        steps = [c["step"] for c in curve]
+        color = f"C{j}"
+        axes[0].plot(steps, [c["lagrange/lambda"] for c in curve], color=color, label=LABELS[m])
+        axes[1].plot(steps, [c["lagrange/episode_cost"] for c in curve], color=color)
+        axes[2].plot(steps, [c["reward/mean"] for c in curve], color=color)
+        axes[1].axhline(thresholds[m], color=color, linestyle=":", linewidth=1)
+    for ax, title in zip(axes, ("lambda", "episode cost (window; dotted: threshold)",
+                                "rollout reward (mean)")):
+        ax.set_xlabel("PPO step")
+        ax.set_title(title, fontsize=9)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Safe RLHF on SmolLM2-135M (LoRA), make real's pairs "
                  "(2 cores, Xeon AVX512-BF16)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

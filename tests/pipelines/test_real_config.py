@@ -93,14 +93,19 @@ def test_real_rl_config_resolves_to_safe_rlhf_and_sacpo():
     from safedpo.config import SafeRLHFConfig
 
     plan = load_plan("compare", CONFIGS / "compare-real-rl.yaml")
-    assert [m.name for m in plan.methods] == ["saferlhf", "sacpo"]
+    assert [m.name for m in plan.methods] == ["saferlhf", "saferlhf_binding", "sacpo"]
     assert not plan.reference
-    rl = plan.methods[0].stages[0].config()
+    rl, binding = (m.stages[0].config() for m in plan.methods[:2])
     assert isinstance(rl, SafeRLHFConfig) and rl.use_peft
     assert (rl.dataset, rl.kl_coef, rl.cost_threshold, rl.lambda_lr, rl.lambda_max,
             rl.critic_learning_rate, rl.num_ppo_epochs, rl.per_device_train_batch_size) == (
         "runs/real/pairs/pairs.jsonl", 0.02, 0.0, 0.1, 5.0, 5e-6, 1, 8)
-    helpful, harmless = (s.config() for s in plan.methods[1].stages)
+    # the binding variant: the first run's score models, its own threshold, SafeDPO's rate
+    assert (binding.reward_model_path, binding.cost_model_path) == (
+        "runs/real/compare-rl/saferlhf/reward_model/model",
+        "runs/real/compare-rl/saferlhf/cost_model/model")
+    assert (binding.cost_threshold, binding.learning_rate, binding.kl_coef) == (-2.0, 2e-4, 0.02)
+    helpful, harmless = (s.config() for s in plan.methods[2].stages)
     assert (helpful.view, helpful.beta, harmless.view, harmless.beta) == (
         "helpful", 0.1, "harmless", 0.025)
     real = load_plan("compare", CONFIG)
