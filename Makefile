@@ -25,7 +25,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
 .PHONY: setup test-setup demo test lock bench bench-smollm2 real real-margins real-delta \
-	real-seeds real-unseen real-unseen-eval real-rl real-full clean
+	real-seeds real-unseen real-rl real-full clean
 
 setup: $(STAMP)
 
@@ -117,28 +117,29 @@ real-seeds: $(TEST_STAMP)
 	  || exit 1; done; $(PY) scripts/real_seeds_table.py && \
 	  echo "stage seeds: $$(( $$(date +%s) - t )) s"
 # make real's four policies on prompts never trained on (HarmBench, StrongREJECT, over-refusal,
-# how-to), then the log-prob shift of the reference's own benign answers under each.
+# how-to), and the log-prob of the reference's own benign answers under each: the reference is
+# evaluated first, its benign answers become the --answers file, then it is evaluated again
+# (its answers are kept, only the log-probs are added) with the three others.
 real-unseen: $(TEST_STAMP)
 	@t=$$(date +%s); $(PY) scripts/real_unseen_prompts.py --out $(REAL_UNSEEN)/prompts.jsonl && \
-	$(MAKE) --no-print-directory real-unseen-eval MODEL=reference ANSWERS= && \
-	$(PY) scripts/real_unseen_prompts.py --benign-answers $(REAL_UNSEEN)/reference \
-	  --out $(REAL_UNSEEN)/benign-answers.jsonl && \
-	for m in reference safedpo dpo_helpful dpo_harmless; do $(MAKE) --no-print-directory \
-	  real-unseen-eval MODEL=$$m ANSWERS="--answers $(REAL_UNSEEN)/benign-answers.jsonl" \
-	  || exit 1; done && \
-	$(PY) scripts/real_unseen_table.py && echo "stage unseen: $$(( $$(date +%s) - t )) s"
-# One policy of make real (MODEL: reference or a method of runs/real/compare) on the unseen set;
-# a finished evaluation is not generated again (only its scores and answer log-probs).
-real-unseen-eval:
-	$(VENV)/bin/safedpo eval --model $(if $(filter reference,$(MODEL)),$(SMOLLM2),runs/real/compare/$(MODEL)) \
-	  --prompts $(REAL_UNSEEN)/prompts.jsonl --output-dir $(REAL_UNSEEN)/$(MODEL) --label $(MODEL) \
-	  --scorer outcome --scorer refusal --max-new-tokens 64 --batch-size 8 \
-	  --prompt-template chat --no-progress $(ANSWERS)
+	for m in reference reference safedpo dpo_helpful dpo_harmless; do \
+	  model=runs/real/compare/$$m; [ $$m = reference ] && model=$(SMOLLM2); \
+	  answers=; [ -f $(REAL_UNSEEN)/benign-answers.jsonl ] && \
+	    answers="--answers $(REAL_UNSEEN)/benign-answers.jsonl"; \
+	  $(VENV)/bin/safedpo eval --model $$model --prompts $(REAL_UNSEEN)/prompts.jsonl \
+	    --output-dir $(REAL_UNSEEN)/$$m --label $$m --scorer outcome --scorer refusal \
+	    --max-new-tokens 64 --batch-size 8 --prompt-template chat --no-progress $$answers \
+	    || exit 1; \
+	  [ -f $(REAL_UNSEEN)/benign-answers.jsonl ] || $(PY) scripts/real_unseen_prompts.py \
+	    --benign-answers $(REAL_UNSEEN)/reference --out $(REAL_UNSEEN)/benign-answers.jsonl \
+	    || exit 1; \
+	done && $(PY) scripts/real_unseen_table.py && echo "stage unseen: $$(( $$(date +%s) - t )) s"
 # Safe RLHF (reward and cost models on make real's pairs, PPO-Lagrangian) and SACPO (issue 24).
 real-rl: $(TEST_STAMP)
 	@t=$$(date +%s); $(VENV)/bin/safedpo compare --config configs/compare-real-rl.yaml && \
 	  $(PY) scripts/real_rl_table.py && echo "stage rl: $$(( $$(date +%s) - t )) s"
-real-full: real real-delta real-seeds real-unseen
+real-full:
+	$(MAKE) real && $(MAKE) real-delta && $(MAKE) real-seeds && $(MAKE) real-unseen
 
 # Issue 26 on SmolLM2 (configs/compare-margins-real.yaml): per-StrongREJECT-category margins.
 # On-policy pairs from 136 StrongREJECT prompts (each unsafe answer carries its prompt's

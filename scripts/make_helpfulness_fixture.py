@@ -1,4 +1,7 @@
-"""Issue 23 (7): the helpfulness fixture, graded by people reading answers, blind to the model.
+"""Issue 23 (7): the helpfulness fixture, graded by readers of the answers, blind to the model.
+
+The readers follow tests/fixtures/helpfulness/RUBRIC.md (for the fixture in the repository:
+three helper sessions of the agent that built the study, one batch each; docs/real-model.md).
 
 ``blind``: takes the benign answers of three make-real policies on the unseen prompts
 (runs/real/unseen/MODEL/generations.jsonl), shuffles them together and writes grading batches
@@ -8,7 +11,8 @@ batch shares OVERLAP answers with the next, so those are graded twice (agreement
 ``collect``: reads the graders' files (id, grade in helpful / partial / unhelpful) and writes
 tests/fixtures/helpfulness/benign_graded.jsonl: model, prompt source + index (the prompt
 text is read from the benchmark package, not stored), the answer, its grade, and the second
-grade where there is one. The first batch's grade is the grade of an answer graded twice.
+grade where there is one. The lower-numbered batch's grade is the grade of an answer graded
+twice.
 
     python scripts/make_helpfulness_fixture.py blind --out /tmp/grading
     python scripts/make_helpfulness_fixture.py collect --dir /tmp/grading
@@ -45,6 +49,8 @@ def blind(runs: Path, out: Path, n_batches: int, overlap: int, seed: int) -> Non
                 source, index = where[r["prompt"]]
                 items.append({"model": m, "source": source, "index": index,
                               "prompt": r["prompt"], "response": r["response"]})
+    if n_batches < 2:
+        raise SystemExit("--batches must be at least 2 (the overlap goes to another reader)")
     random.Random(seed).shuffle(items)
     for i, item in enumerate(items):
         item["id"] = i
@@ -66,7 +72,8 @@ def collect(directory: Path) -> None:
     answers = {it["id"]: it["answer"] for f in sorted(directory.glob("batch*.jsonl"))
                for it in read_rows(f)}
     grades: dict[int, list[str]] = {}
-    for f in sorted(directory.glob("grades*.jsonl")):
+    for f in sorted(directory.glob("grades*.jsonl"),
+                    key=lambda f: int(f.stem.removeprefix("grades"))):
         for g in read_rows(f):
             if g["grade"] not in GRADES:
                 raise SystemExit(f"{f}: id {g['id']}: grade {g['grade']!r} not in {GRADES}")

@@ -33,7 +33,8 @@ from safedpo.evaluate.scorers import build_scorers
 
 LABELS = {"reference": "reference", "safedpo": "SafeDPO", "dpo_helpful": "DPO-HELPFUL",
           "dpo_harmless": "DPO-HARMLESS", "sacpo": "SACPO", "saferlhf": "Safe RLHF",
-          "saferlhf_binding": "Safe RLHF, binding threshold"}
+          "saferlhf_binding": "Safe RLHF, binding threshold",
+          "saferlhf_binding_kl": "Safe RLHF, binding threshold, KL 0.1"}
 CONFIG_KEYS = ("learning_rate", "critic_learning_rate", "kl_coef", "cost_threshold",
                "lambda_init", "lambda_lr", "lambda_max", "num_train_epochs",
                "per_device_train_batch_size", "response_length", "num_ppo_epochs")
@@ -50,7 +51,8 @@ def _eval_dir(run: Path) -> Path:
 
 def costs(real: Path, rl: Path, rl_methods: list[str]) -> dict:
     """Training cost per method. A Safe RLHF run given the first run's reward and cost models
-    (saferlhf_binding) is charged their training too, so each row is the whole method."""
+    (saferlhf_binding, saferlhf_binding_kl) is charged their training too, so each row is the
+    whole method (the rows are not to be summed: the score models are shared)."""
     out = {m: dpo_passes(real / m) for m in ("safedpo", "dpo_helpful", "dpo_harmless")}
     stages = [dpo_passes(rl / "sacpo" / s) for s in ("helpful", "harmless")]
     out["sacpo"] = {k: sum(s[k] for s in stages) for k in stages[0]}
@@ -60,11 +62,13 @@ def costs(real: Path, rl: Path, rl_methods: list[str]) -> dict:
     for m in (m for m in rl_methods if m.startswith("saferlhf")):
         summary = json.loads((rl / m / "train_summary.json").read_text())
         own = bool(summary.get("score_models"))
+        parts = {k: v["train_seconds"] for k, v in summary["score_models"].items()} if own \
+            else {f"{k} (shared)": v for k, v in score_seconds.items()}
         out[m] = {"train_seconds": summary["train_seconds"] + (0 if own else
                                                                sum(score_seconds.values())),
                   "steps": summary["global_step"],
                   **{k: v + (0 if own else score_passes[k]) for k, v in summary["passes"].items()},
-                  "parts_seconds": {"ppo": summary["ppo_seconds"], **score_seconds}}
+                  "parts_seconds": {"ppo": summary["ppo_seconds"], **parts}}
     return out
 
 
@@ -97,7 +101,9 @@ def main() -> None:
     real, rl = Path(args.real), Path(args.rl)
     dirs = {m: _eval_dir(real / m) for m in ("reference", "safedpo", "dpo_helpful",
                                              "dpo_harmless")}
-    rl_methods = [m for m in ("sacpo", "saferlhf", "saferlhf_binding") if (rl / m).is_dir()]
+    rl_methods = [m for m in ("sacpo", "saferlhf", "saferlhf_binding", "saferlhf_binding_kl")
+                  if (rl / m / "train_summary.json").is_file()
+                  or (rl / m / "helpful" / "train_summary.json").is_file()]
     dirs.update({m: _eval_dir(rl / m) for m in rl_methods})
     rows = {m: read_rows(d) for m, d in dirs.items()}
     outs = {m: judge(rs) for m, rs in rows.items()}

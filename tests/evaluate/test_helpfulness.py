@@ -1,9 +1,9 @@
 """Issue 23 (7): helpfulness graded by reading. Benign answers of three SmolLM2-135M policies
 (reference, SafeDPO, DPO-HARMLESS of `make real`) to prompts never trained on, each graded
 helpful / partial / unhelpful by a reader who did not know which model wrote it
-(scripts/make_helpfulness_fixture.py; the rubric is in its docstring's brief), some graded
-twice. The prompts are not stored: each row names its benchmark and index. The numbers the
-docs quote (docs/real_unseen.json) must be the fixture's."""
+(scripts/make_helpfulness_fixture.py; the rubric: tests/fixtures/helpfulness/RUBRIC.md), 60
+graded twice by two readers. The prompts are not stored: each row names its benchmark and
+index. The numbers the docs quote (docs/real_unseen.json) must be the fixture's."""
 
 import json
 
@@ -36,7 +36,7 @@ def test_fixture_is_what_it_says():
 def test_docs_quote_the_fixture():
     doc = json.loads((ROOT / "docs" / "real_unseen.json").read_text())
     rates, agreement = grade_rates(GRADED), grade_agreement(GRADED)
-    for m in MODELS:
-        for grade in GRADES:
-            assert doc["helpfulness"][m][grade] == pytest.approx(rates[m][grade])
+    assert doc["helpfulness"] == json.loads(json.dumps(rates))  # every rate, CI and test
     assert doc["grader_agreement"] == pytest.approx(agreement)
+    assert doc["grader_agreement_reference_safedpo"] == pytest.approx(grade_agreement(
+        [r for r in GRADED if r["model"] in ("reference", "safedpo")]))

@@ -93,7 +93,8 @@ def test_real_rl_config_resolves_to_safe_rlhf_and_sacpo():
     from safedpo.config import SafeRLHFConfig
 
     plan = load_plan("compare", CONFIGS / "compare-real-rl.yaml")
-    assert [m.name for m in plan.methods] == ["saferlhf", "saferlhf_binding", "sacpo"]
+    assert [m.name for m in plan.methods] == ["saferlhf", "saferlhf_binding",
+                                               "saferlhf_binding_kl", "sacpo"]
     assert not plan.reference
     rl, binding = (m.stages[0].config() for m in plan.methods[:2])
     assert isinstance(rl, SafeRLHFConfig) and rl.use_peft
@@ -105,7 +106,8 @@ def test_real_rl_config_resolves_to_safe_rlhf_and_sacpo():
         "runs/real/compare-rl/saferlhf/reward_model/model",
         "runs/real/compare-rl/saferlhf/cost_model/model")
     assert (binding.cost_threshold, binding.learning_rate, binding.kl_coef) == (-2.0, 2e-4, 0.02)
-    helpful, harmless = (s.config() for s in plan.methods[2].stages)
+    assert plan.methods[2].stages[0].config().kl_coef == 0.1
+    helpful, harmless = (s.config() for s in plan.methods[3].stages)
     assert (helpful.view, helpful.beta, harmless.view, harmless.beta) == (
         "helpful", 0.1, "harmless", 0.025)
     real = load_plan("compare", CONFIG)

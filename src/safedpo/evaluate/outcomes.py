@@ -69,6 +69,9 @@ def paired_refusals(rows: Sequence[dict], first: Sequence[str], second: Sequence
     """McNemar's exact test of two models' refusals on the same prompts, harmful and benign
     apart: {"harmful_refusal": ..., "benign_refusal": ...}. ``other_rows`` (the second model's
     rows) must hold the same prompts in the same order."""
+    if not len(rows) == len(first) == len(second):
+        raise ValueError(f"paired_refusals: {len(rows)} rows but {len(first)} and {len(second)} "
+                         "outcomes")
     if other_rows is not None and [r["prompt"] for r in rows] != [r["prompt"] for r in
                                                                  other_rows]:
         raise ValueError("paired_refusals: the two models' answers are not to the same prompts "
@@ -108,7 +111,11 @@ def grade_rates(graded: Sequence[dict], reference: str = "reference") -> dict:
     'useful' against ``reference`` on the prompts graded for both."""
     by_model: dict[str, dict] = {}
     for g in graded:
-        by_model.setdefault(g["model"], {})[(g["source"], g["index"])] = g
+        items = by_model.setdefault(g["model"], {})
+        key = (g["source"], g["index"])
+        if key in items:
+            raise ValueError(f"{g['model']}: prompt {key} graded in two rows")
+        items[key] = g
     out: dict = {}
     for m, items in by_model.items():
         rows = list(items.values())
@@ -126,8 +133,10 @@ def grade_rates(graded: Sequence[dict], reference: str = "reference") -> dict:
 
 
 def grade_agreement(graded: Sequence[dict]) -> dict:
-    """Agreement of the two graders on the answers graded twice (``second_grade``): the share
-    graded alike and Cohen's kappa, (p_o - p_e) / (1 - p_e), p_e from each grader's shares."""
+    """Agreement on the answers graded twice (``grade`` and ``second_grade``, each by another
+    reader): the share graded alike and Cohen's kappa, (p_o - p_e) / (1 - p_e), p_e from the
+    shares of the first and of the second grades (pooled over pairs of readers when more than
+    two readers share the work)."""
     pairs = [(g["grade"], g["second_grade"]) for g in graded if "second_grade" in g]
     if not pairs:
         raise ValueError("no answer was graded twice")
