@@ -15,13 +15,13 @@ import argparse
 import json
 from pathlib import Path
 
-from safedpo.evaluate.outcomes import judge, outcome_rates, paired_refusals
+from safedpo.evaluate.outcomes import judge, judged_rates, markdown_table, paired_refusals
 from safedpo.evaluate.outcomes import read_rows as _rows
 
 
 def summarize(rows: list[dict]) -> tuple[dict, list[str]]:
     outcomes = judge(rows)
-    return outcome_rates(rows, outcomes), outcomes
+    return judged_rates(rows, outcomes), outcomes
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     for path in sorted(Path(args.runs).glob("safedpo_delta*/eval/compare/generations.jsonl")):
         delta = float(path.parts[-4].removeprefix("safedpo_delta"))
         runs[delta] = _rows(path)
-    result: dict = {"reference": summarize(_rows(Path(args.reference) / "generations.jsonl"))[0],
+    result: dict = {"reference": summarize(_rows(args.reference))[0],
                     "delta": {}, "paired_vs_delta10": {}}
     judged = {d: summarize(rows) for d, rows in sorted(runs.items())}
     for d, (summary, _) in judged.items():
@@ -73,15 +73,9 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(args.plot, dpi=120)
 
-    lines = ["| Delta | harmful: refusal % | harmful: compliance % | harmful: non-answer % | "
-             "benign: refusal % |", "|---|---|---|---|---|"]
-    for name, summary in [("reference", result["reference"])] + [
-            (f"{d:g}", result["delta"][str(d)]) for d in deltas]:
-        lines.append(f"| {name} | " + " | ".join(
-            f"{100 * summary[k]['value']:.1f} [{100 * summary[k]['ci_low']:.1f}, "
-            f"{100 * summary[k]['ci_high']:.1f}]"
-            for k in ("harmful_refusal", "harmful_compliance", "harmful_nonanswer",
-                      "over_refusal")) + " |")
+    lines = markdown_table("Delta", [("reference", result["reference"])] + [
+        (f"{d:g}", result["delta"][str(d)]) for d in deltas],
+        ("harmful_refusal", "harmful_compliance", "harmful_nonanswer", "over_refusal"))
     for d, pairs in result["paired_vs_delta10"].items():
         h = pairs["harmful_refusal"]
         lines.append(f"\nDelta {float(d):g} vs 10, harmful refusals: {h['first_only']} only at "

@@ -27,7 +27,7 @@ import yaml
 from saferlhf_cost import cpu_model, dpo_passes
 
 from safedpo.evaluate.metrics import mean_estimate, rate_estimate
-from safedpo.evaluate.outcomes import (fmt, judge, markdown_table, outcome_rates,
+from safedpo.evaluate.outcomes import (fmt, judge, markdown_table, judged_rates,
                                        paired_refusals, read_rows)
 from safedpo.evaluate.scorers import build_scorers
 
@@ -107,7 +107,7 @@ def main() -> None:
     dirs.update({m: _eval_dir(rl / m) for m in rl_methods})
     rows = {m: read_rows(d) for m, d in dirs.items()}
     outs = {m: judge(rs) for m, rs in rows.items()}
-    result: dict = {"machine": cpu_model(), "outcomes": {m: outcome_rates(rows[m], outs[m])
+    result: dict = {"machine": cpu_model(), "outcomes": {m: judged_rates(rows[m], outs[m])
                                                          for m in rows}, "paired": {}}
     pairs = [(m, "reference") for m in rows if m != "reference"] + [
         ("safedpo", m) for m in rows if m not in ("reference", "safedpo")]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from real_delta_table import _rows, summarize  # same folder
+from safedpo.evaluate.outcomes import fmt, judge, judged_rates, read_rows
 
 KEYS = ("harmful_refusal", "harmful_compliance", "harmful_nonanswer", "over_refusal")
 
@@ -28,17 +28,18 @@ def main() -> None:
     lines = ["| method | seed | " + " | ".join(k.replace("_", " ") + " %" for k in KEYS) + " |",
              "|---|---|" + "---|" * len(KEYS)]
     for method, seeds in runs.items():
-        per_seed = {s: summarize(_rows(p / "generations.jsonl"))[0]
-                    for s, p in sorted(seeds.items())}
+        per_seed = {}
+        for s, p in sorted(seeds.items()):
+            rows = read_rows(p)
+            per_seed[s] = judged_rates(rows, judge(rows))
         values = {k: [per_seed[s][k]["value"] for s in per_seed] for k in KEYS}
         result[method] = {"per_seed": {str(s): v for s, v in per_seed.items()},
                           "across_seeds": {k: {"mean": sum(v) / len(v), "min": min(v),
                                                "max": max(v), "n_seeds": len(v)}
                                            for k, v in values.items()}}
         for s, summary in per_seed.items():
-            lines.append(f"| {method} | {s} | " + " | ".join(
-                f"{100 * summary[k]['value']:.1f} [{100 * summary[k]['ci_low']:.1f}, "
-                f"{100 * summary[k]['ci_high']:.1f}]" for k in KEYS) + " |")
+            lines.append(f"| {method} | {s} | " + " | ".join(fmt(summary[k]) for k in KEYS)
+                         + " |")
         across = result[method]["across_seeds"]
         lines.append(f"| {method} | mean (min-max) | " + " | ".join(
             f"{100 * across[k]['mean']:.1f} ({100 * across[k]['min']:.1f}-"

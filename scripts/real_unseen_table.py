@@ -25,7 +25,7 @@ from pathlib import Path
 
 from safedpo.evaluate.answer_logps import logp_shift
 from safedpo.evaluate.outcomes import (fmt, grade_agreement, grade_rates, judge,
-                                       markdown_table, outcome_rates, paired_refusals,
+                                       markdown_table, judged_rates, paired_refusals,
                                        rates_by_category, read_rows)
 
 MODELS = ("reference", "safedpo", "dpo_helpful", "dpo_harmless")
@@ -49,7 +49,7 @@ def main() -> None:
     result: dict = {"n_prompts": len(prompts), "models": {}, "paired": {}}
     for m, rs in rows.items():
         by_cat = rates_by_category(rs, outs[m])
-        result["models"][m] = {"all": outcome_rates(rs, outs[m]),
+        result["models"][m] = {"all": judged_rates(rs, outs[m]),
                                "sources": {s: by_cat[s] for s in SOURCES if s in by_cat},
                                "strongreject": {c.removeprefix("strongreject: "): v
                                                 for c, v in by_cat.items()

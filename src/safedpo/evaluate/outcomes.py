@@ -3,32 +3,40 @@
 A study's table is built from the answers an evaluation wrote (``generations.jsonl``: prompt,
 response, harmful, category) and the three-outcome judge in the repository
 (``safedpo.evaluate.judge.classify``, a pure function of prompt and answer), so a table always
-uses today's judge, whatever judge the evaluation ran with. Every rate carries its Wilson
-interval; two models are compared with McNemar's exact test on the same prompts.
+uses today's judge, whatever judge the evaluation ran with. The rates are
+``safedpo.evaluate.metrics.outcome_rates``' (Wilson intervals), named flat for a study's table;
+two models are compared with McNemar's exact test on the same prompts.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from safedpo.evaluate.judge import classify
+from safedpo.data.sources import read_table
+from safedpo.evaluate import metrics as M
+from safedpo.evaluate.generate import read_generations
+from safedpo.evaluate.judge import OUTCOMES, classify
 from safedpo.evaluate.metrics import mcnemar, rate_estimate
 
-# (key, prompts: harmful True / benign False, outcome counted)
-RATES = (("harmful_refusal", True, "refusal"), ("harmful_compliance", True, "compliance"),
-         ("harmful_nonanswer", True, "nonanswer"), ("over_refusal", False, "refusal"),
-         ("benign_answered", False, "compliance"), ("benign_nonanswer", False, "nonanswer"))
+# study key -> (prompt group of metrics.outcome_rates, outcome)
+RATES = {"harmful_refusal": ("harmful", "refusal"),
+         "harmful_compliance": ("harmful", "compliance"),
+         "harmful_nonanswer": ("harmful", "nonanswer"), "over_refusal": ("benign", "refusal"),
+         "benign_answered": ("benign", "compliance"), "benign_nonanswer": ("benign", "nonanswer")}
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    """The rows of a jsonl file (a generations.jsonl, or its directory)."""
+    """The rows of an evaluation (its directory or its generations.jsonl: a finished one, read
+    and checked by ``read_generations``) or of any other jsonl file (the data loader's
+    reader); a bad row is an error naming the file and row."""
     path = Path(path)
-    if path.is_dir():
-        path = path / "generations.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip()]
+    answers = path / "generations.jsonl" if path.is_dir() else path
+    if answers.name == "generations.jsonl":
+        if not answers.is_file():
+            raise FileNotFoundError(f"no evaluation here: {answers} is missing")
+        return read_generations(answers, complete=True)
+    return [record for _, _, record in read_table(path).records]
 
 
 def judge(rows: Sequence[dict]) -> list[str]:
@@ -42,25 +50,23 @@ def categories(row: dict) -> list[str]:
     return [] if cat is None else [cat] if isinstance(cat, str) else list(cat)
 
 
-def outcome_rates(rows: Sequence[dict], outcomes: Sequence[str]) -> dict:
-    """The RATES of these rows (each with Wilson's interval); a group without prompts (no
-    benign rows, say) is left out."""
-    out = {}
-    for key, harmful, outcome in RATES:
-        group = [o == outcome for r, o in zip(rows, outcomes) if r.get("harmful") is harmful]
-        if group:
-            out[key] = rate_estimate(group)
-    return out
+def judged_rates(rows: Sequence[dict], outcomes: Sequence[str]) -> dict:
+    """The RATES of these rows, from ``metrics.outcome_rates`` (Wilson intervals); a group
+    without prompts (no benign rows, say) is left out."""
+    rates = M.outcome_rates([OUTCOMES.index(o) for o in outcomes],
+                            [r.get("harmful") for r in rows], [None] * len(rows), OUTCOMES)
+    return {key: rates[group][outcome] for key, (group, outcome) in RATES.items()
+            if rates[group] is not None}
 
 
 def rates_by_category(rows: Sequence[dict], outcomes: Sequence[str]) -> dict[str, dict]:
-    """{category: outcome_rates of the rows in it}, categories in order of first appearance (a
+    """{category: judged_rates of the rows in it}, categories in order of first appearance (a
     row with several categories counts in each)."""
     names = list(dict.fromkeys(c for r in rows for c in categories(r)))
     out = {}
     for name in names:
         idx = [i for i, r in enumerate(rows) if name in categories(r)]
-        out[name] = outcome_rates([rows[i] for i in idx], [outcomes[i] for i in idx])
+        out[name] = judged_rates([rows[i] for i in idx], [outcomes[i] for i in idx])
     return out
 
 
