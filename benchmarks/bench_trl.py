@@ -45,7 +45,10 @@ from workload import PRESETS, Workload  # noqa: E402
 
 QUICK = {"n_pairs": 32, "max_steps": 4, "warmup_steps": 1}
 # On SmolLM2 the like-for-like pair only: each run costs about a minute there.
-SMOLLM2_ARMS = ("trl_same", "ours_dpo", "ours_dpo_trim")
+SMOLLM2_ARMS = ("trl_same", "ours_dpo", "ours_dpo_glibc", "trl_same_heap")
+# The tiny model: every arm but the heap comparisons (measured on SmolLM2, where they matter).
+TINY_ARMS = ("trl_default", "trl_same", "ours_dpo", "ours_dpo_bf16", "ours_dpo_trim",
+             "ours_safedpo", "trl_same_pre", "ours_dpo_pre")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="tiny: a 4.2M random Llama, full fine-tuning (default); smollm2: "
                         "SmolLM2-135M-Instruct with LoRA, its own sizes and targets "
                         "(workload.SMOLLM2, report.SMOLLM2_RATIOS)")
-    p.add_argument("--arms", help="comma-separated arms to run (default: all for tiny; "
+    p.add_argument("--arms", help="comma-separated arms to run (default: "
+                                  f"{','.join(TINY_ARMS)} for tiny; "
                                   f"{','.join(SMOLLM2_ARMS)} for smollm2; choose from "
                                   f"{','.join(_arm_names())})")
     p.add_argument("--threads", type=int, default=2, help="torch threads per worker (default 2)")
@@ -114,8 +118,13 @@ def _versions() -> dict:
     }
 
 
-def _worker_env(threads: int) -> dict:
-    env = dict(os.environ)
+def _worker_env(threads: int, heap_tuned: bool) -> dict:
+    """The worker's environment; with ``heap_tuned`` glibc's small-block caches are off as
+    the ``safedpo`` command turns them off (safedpo.heap), else glibc's defaults."""
+    from safedpo.heap import OPT_OUT, heap_env
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", OPT_OUT)}
+    env = (heap_env(env) or env) if heap_tuned else {**env, OPT_OUT: "0"}
     env.update({
         "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
         "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -136,7 +145,10 @@ def run_one(arm: str, rep: int, workdir: Path, threads: int, interval: float = 0
     log = (run_dir / "worker.log").open("w")
     monitor = CpuMonitor(interval)
     launched = time.monotonic()
-    proc = subprocess.Popen(cmd, env=_worker_env(threads), stdout=log, stderr=subprocess.STDOUT)
+    from workers import ARMS
+
+    proc = subprocess.Popen(cmd, env=_worker_env(threads, ARMS[arm].heap_tuned), stdout=log,
+                            stderr=subprocess.STDOUT)
     monitor.start(proc.pid)
     rc = proc.wait()
     monitor.stop()
@@ -145,6 +157,10 @@ def run_one(arm: str, rep: int, workdir: Path, threads: int, interval: float = 0
         tail = (run_dir / "worker.log").read_text()[-4000:]
         raise RuntimeError(f"worker {arm} (repetition {rep}) exited with {rc}:\n{tail}")
     out = json.loads(result.read_text())
+    from safedpo.heap import _is_glibc
+
+    if out["heap_tuned"] != (ARMS[arm].heap_tuned and _is_glibc()):
+        raise RuntimeError(f"worker {arm} ran with heap_tuned={out['heap_tuned']}, not as asked")
     out.update(rep=rep, launched=launched, wall_s=time.monotonic() - launched, monitor=monitor)
     return out
 
@@ -182,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     from workers import ARMS, ours_order, ours_tokens
     from workload import build
 
-    default_arms = SMOLLM2_ARMS if args.model == "smollm2" else ARMS
+    default_arms = SMOLLM2_ARMS if args.model == "smollm2" else TINY_ARMS
     arms = [a.strip() for a in (args.arms or ",".join(default_arms)).split(",") if a.strip()]
     unknown = [a for a in arms if a not in ARMS]
     if unknown:

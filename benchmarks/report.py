@@ -31,6 +31,14 @@ RATIOS = [
 SMOLLM2_RATIOS = [
     ("ours_dpo", "trl_same", "tokens/s, LoRA, vs TRL + peft, same settings", 1.5, "speed", True),
     ("ours_dpo", "trl_same", "peak RSS, LoRA, vs TRL + peft, same settings", 0.8, "rss", True),
+    ("ours_dpo", "trl_same_heap", "tokens/s, LoRA, vs TRL + peft, same settings and heap",
+     None, "speed", True),
+    ("ours_dpo", "trl_same_heap", "peak RSS, LoRA, vs TRL + peft, same settings and heap",
+     None, "rss", True),
+    ("ours_dpo_glibc", "trl_same", "tokens/s, LoRA, both on glibc's default heap", None,
+     "speed", True),
+    ("ours_dpo_glibc", "trl_same", "peak RSS, LoRA, both on glibc's default heap", None, "rss",
+     True),
     ("ours_dpo_trim", "trl_same", "tokens/s, LoRA, trim_heap, vs TRL + peft, same settings",
      1.5, "speed", True),
     ("ours_dpo_trim", "trl_same", "peak RSS, LoRA, trim_heap, vs TRL + peft, same settings",
@@ -45,7 +53,8 @@ PAR_MIN_REPS = 3
 
 # Runs that must do the same math: step losses agree to LOSS_TOL at every step.
 LOSS_PAIRS = [("ours_dpo", "trl_same"), ("ours_dpo_pre", "trl_same_pre"),
-              ("ours_dpo", "ours_dpo_pre"), ("ours_dpo_trim", "trl_same")]
+              ("ours_dpo", "ours_dpo_pre"), ("ours_dpo_trim", "trl_same"),
+              ("ours_dpo_glibc", "trl_same"), ("ours_dpo", "trl_same_heap")]
 # Informational only: TRL's defaults train in bf16 autocast, so its losses drift from fp32.
 LOSS_INFO = [("ours_dpo", "trl_default"), ("ours_dpo_bf16", "trl_default")]
 LOSS_TOL = 1e-4

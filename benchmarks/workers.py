@@ -34,8 +34,15 @@ class Arm:
     loss_type: str = "dpo"  # ours only ("dpo" | "safedpo"); TRL always runs sigmoid (= DPO)
     bf16: bool = False  # ours only: bf16 autocast (CUDA, or a CPU with native bf16)
     trim_heap: bool = False  # ours only: free heap pages back to the OS after every step
+    # glibc's small-block caches off (safedpo.heap.TUNABLES) in the worker's environment.
+    # None: as each tool runs for its users (the safedpo command turns them off; TRL does not).
+    heap_tuning: bool | None = None
     # TRL only: DPOConfig fields that differ from TRL's defaults (empty = TRL's defaults).
     trl_overrides: dict = field(default_factory=dict)
+
+    @property
+    def heap_tuned(self) -> bool:
+        return self.tool == "ours" if self.heap_tuning is None else self.heap_tuning
 
 
 # TRL with the settings our trainer uses: no gradient checkpointing, fp32, plain AdamW.
@@ -46,7 +53,12 @@ ARMS: dict[str, Arm] = {
                               "autocast, fused AdamW)"),
     "trl_same": Arm("trl", "TRL DPOTrainer, same settings as ours (no checkpointing, fp32, AdamW)",
                     trl_overrides=_TRL_SAME),
+    "trl_same_heap": Arm("trl", "TRL DPOTrainer, same settings, with our heap tunables "
+                                "(glibc small-block caches off)", trl_overrides=_TRL_SAME,
+                         heap_tuning=True),
     "ours_dpo": Arm("ours", "safedpo, DPO", loss_type="dpo"),
+    "ours_dpo_glibc": Arm("ours", "safedpo, DPO, glibc's default heap (SAFEDPO_HEAP_TUNING=0)",
+                          loss_type="dpo", heap_tuning=False),
     "ours_dpo_bf16": Arm("ours", "safedpo, DPO, bf16 autocast (as TRL's defaults)",
                          loss_type="dpo", bf16=True),
     "ours_dpo_trim": Arm("ours", "safedpo, DPO, trim_heap (free heap pages returned after "
@@ -263,6 +275,8 @@ def worker_main(arm_name: str, workdir: Path, run_dir: Path, result_path: Path,
     started = time.monotonic()
     import torch
 
+    from safedpo.heap import heap_tuned
+
     torch.set_num_threads(threads)
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -293,6 +307,7 @@ def worker_main(arm_name: str, workdir: Path, run_dir: Path, result_path: Path,
         step_cpu=step_cpu,
         peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale,
         torch_threads=torch.get_num_threads(),
+        heap_tuned=heap_tuned(),
         precision=precision.get("precision", "unknown"),
         autocast=precision.get("autocast"),
     )

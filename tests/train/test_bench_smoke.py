@@ -198,3 +198,7 @@ def test_two_step_run_same_math_as_trl(tmp_path):
                             r["mixed_precision"]) for r in result["runs"]}
     assert precision == {"trl_same": ("fp32", False, False, "no"),
                          "ours_dpo": ("fp32", False, False, "no")}
+    # each tool's heap as its users get it: ours with glibc's small-block caches off
+    from safedpo.heap import _is_glibc
+    assert {r["arm"]: r["heap_tuned"] for r in result["runs"]} == {"trl_same": False,
+                                                                  "ours_dpo": _is_glibc()}

@@ -12,6 +12,7 @@ import sys
 
 from safedpo import __version__
 from safedpo.cli.common import HelpFormatter
+from safedpo.heap import reexec_with_heap_tunables
 from safedpo.train.engines import ENGINES
 
 # name -> (module, one-line help). The module owns its arguments and its run(). The training
@@ -87,6 +88,8 @@ def _unknown_options_message(parser: argparse.ArgumentParser, command: str | Non
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the command line: restart once with glibc's small-block caches off
+        reexec_with_heap_tunables()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     args, unknown = parser.parse_known_args(argv)

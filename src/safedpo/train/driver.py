@@ -37,6 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from safedpo.config import TrainConfig
+from safedpo.heap import heap_tuned
 from safedpo.train import checkpoint as ckpt
 from safedpo.train.runtime import (
     MetricSums,
@@ -152,7 +153,9 @@ class StepDriver:
                 "num_tokens": self.state["num_tokens"], "interrupted": self.interrupted,
                 "final": self.last, "steps_per_epoch": self.steps_per_epoch,
                 "output_dir": str(self.out),
-                "model_dir": None if self.interrupted else str(self.out / "model"), **extra}
+                "model_dir": None if self.interrupted else str(self.out / "model"),
+                # glibc's small-block caches off (safedpo.heap: the command does it)
+                "heap_tuned": heap_tuned(), **extra}
 
     def write_summary(self, summary: dict) -> dict:
         if self.accelerator.is_main_process:
