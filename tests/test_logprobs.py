@@ -161,6 +161,54 @@ def test_token_logps_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda x: token_logps(x, targets), (logits,))
 
 
+def _with_extra(fn, x, targets, pos, extra_targets):
+    """(in-row log-probs, extra log-probs) by ``fn``: token_logps with ``extra``, or the naive
+    full log-softmax read twice."""
+    if fn is token_logps:
+        return token_logps(x, targets, extra=(pos, extra_targets))
+    rows = x[torch.arange(len(pos)), pos]
+    return naive_token_logps(x, targets), naive_token_logps(rows[:, None],
+                                                            extra_targets[:, None])[:, 0]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+def test_token_logps_extra_targets_value_and_grad(dtype, tol):
+    """One more target per row at a given position (a shared row's first rejected token): the
+    values and the one gradient of the whole logits equal a full log-softmax read at both
+    targets, the extra rows' gradient added to the in-row one (row 0: the same position as
+    an in-row target; row 2: the last position)."""
+    logits, targets, upstream = _inputs(3, 6, 17, dtype=dtype, seed=7)
+    pos, extra_targets = torch.tensor([0, 3, 5]), torch.tensor([4, 16, 0])
+    extra_up = torch.tensor([0.7, -1.3, 2.0])
+    got = []
+    for fn in (token_logps, naive_token_logps):
+        x = (logits if fn is token_logps else logits.float()).detach().clone().requires_grad_()
+        a, b = _with_extra(fn, x, targets, pos, extra_targets)
+        ((a * upstream).sum() + (b * extra_up).sum()).backward()
+        got.append((a.detach(), b.detach(), x.grad.float()))
+    for mine, want in zip(*got):
+        assert torch.allclose(mine, want, atol=tol, rtol=0)
+    # the extra targets change the gradient at their (row, position) only
+    x = logits.detach().clone().requires_grad_()
+    (token_logps(x, targets) * upstream).sum().backward()
+    changed = (x.grad.float() - got[0][2]).abs().amax(-1) > 0
+    assert changed.nonzero().tolist() == [[0, 0], [1, 3], [2, 5]]
+
+
+def test_token_logps_extra_targets_gradcheck_float64_and_no_grad():
+    logits, targets, _ = _inputs(2, 4, 5, dtype=torch.float64, seed=8)
+    pos, extra_targets = torch.tensor([1, 1]), torch.tensor([2, 0])
+    logits.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda x: token_logps(x, targets, extra=(pos, extra_targets)), (logits,))
+    with torch.no_grad():
+        a, b = token_logps(logits, targets, extra=(pos, extra_targets))
+    want_a, want_b = _with_extra(naive_token_logps, logits.detach(), targets, pos, extra_targets)
+    assert torch.allclose(a, want_a.double()) and torch.allclose(b, want_b.double())
+    with pytest.raises(ValueError, match="extra targets need logits of shape"):
+        token_logps(logits[0], targets[0], extra=(pos, extra_targets))
+
+
 def test_token_logps_bf16_matches_float32_log_softmax_of_the_bf16_values():
     logits, targets, upstream = _inputs(3, 7, 257, dtype=torch.bfloat16, seed=2)
     got, got_grad = _value_and_grad(token_logps, logits, targets, upstream)
