@@ -83,3 +83,15 @@ def test_restart_switches_the_caches_off():
     assert tunables == TUNABLES and fast == 0
     fast, tunables = _child(**{OPT_OUT: "0"})
     assert tunables == "None" and fast > 0  # glibc's defaults: freed small blocks in fastbins
+
+
+def test_a_failed_restart_goes_on_and_says_so(monkeypatch, capsys):
+    import safedpo.heap as heap
+
+    def fail(*args):
+        raise OSError("no exec here")
+
+    monkeypatch.setattr(heap, "heap_env", lambda: {"GLIBC_TUNABLES": TUNABLES})
+    monkeypatch.setattr(heap.os, "execve", fail)
+    heap.reexec_with_heap_tunables()
+    assert "could not restart" in capsys.readouterr().err

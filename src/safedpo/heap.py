@@ -62,7 +62,11 @@ def reexec_with_heap_tunables() -> None:
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *argv[1:]], env)
+    try:
+        os.execve(sys.executable, [sys.executable, *argv[1:]], env)
+    except OSError as e:  # the run goes on with glibc's defaults, and says so
+        print(f"safedpo: could not restart with {TUNABLES} ({e}); glibc's default heap",
+              file=sys.stderr)
 
 
 def heap_tuned(environ: dict[str, str] | None = None) -> bool:
