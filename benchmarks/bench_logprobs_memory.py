@@ -14,10 +14,11 @@ Variants, each run in its own process on the same random logits (B, K, V) that r
 
 Reported per variant: bytes autograd saved for backward (all, and float32 only; measured with
 ``torch.autograd.graph.saved_tensors_hooks``, each storage counted once) and the peak memory
-of forward + backward above what was held before it (the logits, targets and upstream gradient): with CUDA
-``torch.cuda.max_memory_allocated``, else the process's peak RSS (``ru_maxrss``) minus its RSS
-before the call. The timing part runs float32 forward + backward on the training benchmark's
-shapes (benchmarks/workload.py: vocab 2048, batch 8 pairs) in one process, interleaved.
+of forward + backward above what was held before it (the logits, targets and upstream
+gradient): with CUDA ``torch.cuda.max_memory_allocated``, else the process's peak RSS
+(``ru_maxrss``) minus its RSS before the call. The timing part runs float32 forward +
+backward on the training benchmark's shapes (benchmarks/workload.py: vocab 2048, batch 8
+pairs) in one process, interleaved.
 """
 
 from __future__ import annotations

@@ -124,9 +124,9 @@ class TrainConfig:
     gradient_checkpointing: bool = _f(False, "recompute activations to save memory")
     trim_heap: bool = _f(
         False, "give the heap's free pages back to the OS after every optimizer step (glibc "
-        "malloc_trim): a lower peak RSS on a CPU for fewer tokens/s (SmolLM2 + LoRA on 2 "
-        "cores: 0.79x TRL's peak RSS instead of 0.87x, at 5-20% fewer tokens/s; "
-        "docs/performance.md)")
+        "malloc_trim): a lower peak RSS on a CPU for 5-20% fewer tokens/s (SmolLM2 + LoRA on "
+        "2 cores, glibc's default heap: 2.43 instead of 2.62 GiB). The safedpo command's own "
+        "heap setting (safedpo.heap) does more at no cost; docs/performance.md")
     disable_dropout: bool = _f(
         True, "set the model's dropout to 0 (as TRL does): the policy at step 0 then equals "
         "the reference exactly; lora_dropout still applies")
