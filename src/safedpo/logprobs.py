@@ -193,7 +193,7 @@ def token_logps(logits: torch.Tensor, targets: torch.Tensor,
     else:
         out = _forward(logits, targets)
         out_extra = (torch.log_softmax(_extra_rows(logits, pos), dim=-1)
-                     .gather(-1, tgt.unsqueeze(-1)).squeeze(-1)) if len(pos) else None
+                     .gather(-1, tgt.unsqueeze(-1)).squeeze(-1)) if len(pos) else out.new_empty(0)
     out = out.reshape(shape)
     return out if extra is None else (out, out_extra)
 
