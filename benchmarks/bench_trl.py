@@ -134,6 +134,16 @@ def _worker_env(threads: int, heap_tuned: bool) -> dict:
     return env
 
 
+def check_heap(arm: str, heap_tuned: bool) -> None:
+    """A worker ran with the heap its arm asked for (glibc's caches off only on glibc), or the
+    benchmark stops: a figure is never labelled with a heap it did not have."""
+    from safedpo.heap import is_glibc
+    from workers import ARMS
+
+    if heap_tuned != (ARMS[arm].heap_tuned and is_glibc()):
+        raise RuntimeError(f"worker {arm} ran with heap_tuned={heap_tuned}, not as asked")
+
+
 def run_one(arm: str, rep: int, workdir: Path, threads: int, interval: float = 0.25) -> dict:
     """Run one arm in a fresh process while sampling machine load. Returns the worker's
     result plus the parent's wall time, start time and load monitor."""
@@ -157,10 +167,7 @@ def run_one(arm: str, rep: int, workdir: Path, threads: int, interval: float = 0
         tail = (run_dir / "worker.log").read_text()[-4000:]
         raise RuntimeError(f"worker {arm} (repetition {rep}) exited with {rc}:\n{tail}")
     out = json.loads(result.read_text())
-    from safedpo.heap import _is_glibc
-
-    if out["heap_tuned"] != (ARMS[arm].heap_tuned and _is_glibc()):
-        raise RuntimeError(f"worker {arm} ran with heap_tuned={out['heap_tuned']}, not as asked")
+    check_heap(arm, out["heap_tuned"])
     out.update(rep=rep, launched=launched, wall_s=time.monotonic() - launched, monitor=monitor)
     return out
 

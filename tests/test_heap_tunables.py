@@ -9,9 +9,9 @@ import sys
 import pytest
 
 import safedpo.cli as cli
-from safedpo.heap import OPT_OUT, TUNABLES, _is_glibc, heap_env, heap_tuned
+from safedpo.heap import OPT_OUT, TUNABLES, is_glibc, heap_env, heap_tuned
 
-glibc_only = pytest.mark.skipif(not _is_glibc(), reason="glibc only")
+glibc_only = pytest.mark.skipif(not is_glibc(), reason="glibc only")
 
 
 def test_heap_env_adds_the_tunables():

@@ -33,7 +33,7 @@ TUNABLES = "glibc.malloc.tcache_count=0:glibc.malloc.mxfast=0"
 OPT_OUT = "SAFEDPO_HEAP_TUNING"
 
 
-def _is_glibc() -> bool:
+def is_glibc() -> bool:
     return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 
@@ -42,7 +42,7 @@ def heap_env(environ: dict[str, str] | None = None, glibc: bool | None = None
     """The environment to run with (``environ`` plus our tunables), or None when there is
     nothing to change: not glibc, opted out, or the tunables are already set."""
     env = dict(os.environ if environ is None else environ)
-    if not (_is_glibc() if glibc is None else glibc):
+    if not (is_glibc() if glibc is None else glibc):
         return None
     if env.get(OPT_OUT, "1").strip().lower() in ("0", "false", "no", "off"):
         return None
@@ -70,6 +70,6 @@ def reexec_with_heap_tunables() -> None:
 
 
 def heap_tuned(environ: dict[str, str] | None = None) -> bool:
-    """Whether this process runs with our tunables (for the run's log)."""
+    """Whether this process runs with our tunables (train_summary.json records it)."""
     env = os.environ if environ is None else environ
     return TUNABLES in env.get("GLIBC_TUNABLES", "")

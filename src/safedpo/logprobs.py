@@ -122,6 +122,15 @@ def _extra_rows(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return rows.to(_acc_dtype(logits.dtype))
 
 
+def _extra_forward(logits: torch.Tensor, positions: torch.Tensor,
+                   targets: torch.Tensor) -> torch.Tensor:
+    """(B,) log softmax(logits[i, positions[i]])[targets[i]]; (0,) when there are none."""
+    if not len(positions):
+        return logits.new_empty(0, dtype=_acc_dtype(logits.dtype))
+    logp = torch.log_softmax(_extra_rows(logits, positions), dim=-1)
+    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
 class _TokenLogps(torch.autograd.Function):
     """log softmax(logits)[target] at every position, and optionally one more target per batch
     row at a given position (``extra_pos``, ``extra_targets``: (B,) each, or empty); saves only
@@ -131,11 +140,7 @@ class _TokenLogps(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, extra_pos, extra_targets):
         ctx.save_for_backward(logits, targets, extra_pos, extra_targets)
-        out = _forward(logits, targets)
-        if not len(extra_pos):
-            return out, out.new_empty(0)
-        rows = torch.log_softmax(_extra_rows(logits, extra_pos), dim=-1)
-        return out, rows.gather(-1, extra_targets.unsqueeze(-1)).squeeze(-1)
+        return _forward(logits, targets), _extra_forward(logits, extra_pos, extra_targets)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -191,9 +196,7 @@ def token_logps(logits: torch.Tensor, targets: torch.Tensor,
     if torch.is_grad_enabled() and logits.requires_grad:
         out, out_extra = _TokenLogps.apply(logits, targets, pos, tgt)
     else:
-        out = _forward(logits, targets)
-        out_extra = (torch.log_softmax(_extra_rows(logits, pos), dim=-1)
-                     .gather(-1, tgt.unsqueeze(-1)).squeeze(-1)) if len(pos) else out.new_empty(0)
+        out, out_extra = _forward(logits, targets), _extra_forward(logits, pos, tgt)
     out = out.reshape(shape)
     return out if extra is None else (out, out_extra)
 

@@ -199,6 +199,19 @@ def test_two_step_run_same_math_as_trl(tmp_path):
     assert precision == {"trl_same": ("fp32", False, False, "no"),
                          "ours_dpo": ("fp32", False, False, "no")}
     # each tool's heap as its users get it: ours with glibc's small-block caches off
-    from safedpo.heap import _is_glibc
-    assert {r["arm"]: r["heap_tuned"] for r in result["runs"]} == {"trl_same": False,
-                                                                  "ours_dpo": _is_glibc()}
+    from safedpo.heap import is_glibc
+    heap = {r["arm"]: r["heap_tuned"] for r in result["runs"]}
+    assert heap == {"trl_same": False, "ours_dpo": is_glibc()}
+
+
+def test_a_worker_on_another_heap_than_asked_stops_the_benchmark():
+    import bench_trl
+    from safedpo.heap import is_glibc
+
+    bench_trl.check_heap("ours_dpo", is_glibc())  # as asked: nothing happens
+    bench_trl.check_heap("trl_same", False)
+    bench_trl.check_heap("ours_dpo_glibc", False)
+    with pytest.raises(RuntimeError, match="worker trl_same ran with heap_tuned=True, not as"):
+        bench_trl.check_heap("trl_same", True)
+    with pytest.raises(RuntimeError, match="worker ours_dpo_glibc ran with heap_tuned=True"):
+        bench_trl.check_heap("ours_dpo_glibc", True)

@@ -143,8 +143,9 @@ def test_unknown_loss_type(tmp_path):
         train(tiny_config(tmp_path, tiny_model(tmp_path), loss_type="nope"), make_pairs())
 
 
-def test_cli_sft_then_train_from_files(tmp_path, capsys):
+def test_cli_sft_then_train_from_files(tmp_path, capsys, monkeypatch):
     from safedpo.cli import main
+    from safedpo.heap import TUNABLES
 
     rows = [{"prompt": p.prompt, "response_0": p.chosen, "response_1": p.rejected,
              "better_response_id": 1 if p.rejected_unsafe else 0, "safer_response_id": 0,
@@ -155,9 +156,13 @@ def test_cli_sft_then_train_from_files(tmp_path, capsys):
                 [{"prompt": p.prompt, "response": p.chosen} for p in make_pairs()])
     common = ["--max_steps", "2", "--per_device_train_batch_size", "4", "--logging_steps", "1",
               "--disable_tqdm", "--learning_rate", "0.01"]
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     assert main(["sft", "--model_name_or_path", tiny_model(tmp_path), "--dataset",
                  str(tmp_path / "sft.jsonl"), "--output_dir", str(tmp_path / "sft"),
                  *common]) == 0
+    assert json.loads((tmp_path / "sft" / "train_summary.json").read_text())["heap_tuned"] is False
+    # what the command's restart would have set: the summary says so
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1:" + TUNABLES)
     config = CONFIGS / "tiny-cpu.yaml"
     assert main(["train", "--config", str(config), "--model_name_or_path",
                  str(tmp_path / "sft"), "--dataset", str(tmp_path / "train.jsonl"),
@@ -165,6 +170,7 @@ def test_cli_sft_then_train_from_files(tmp_path, capsys):
     summary = json.loads((tmp_path / "safedpo" / "train_summary.json").read_text())
     # Rows whose better response is unsafe are swapped: every pair keeps a safe chosen.
     assert summary["num_examples"] == 4 and summary["final"]["safety/unsafe_rejected_frac"] == 0.5
+    assert summary["heap_tuned"] is True
     assert (tmp_path / "safedpo" / "ref_cache").is_dir()  # tiny-cpu precomputes the reference
     capsys.readouterr()
     assert main(["train", "--model_name_or_path", str(tmp_path / "missing"), "--dataset",
